@@ -1,0 +1,180 @@
+"""``fit``: EM over random restarts and data sets in one batched, jitted call."""
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxem import em
+from jaxem.init import INIT_METHODS, initialize
+
+PyTree = Any
+
+
+class FitResult(NamedTuple):
+    """The best restart per data set, and every restart.
+
+    With ``x`` of shape ``(n_samples, n_features)`` the leading data-set axis is absent:
+    ``log_likelihood`` has shape ``()``, ``trace`` ``(max_iter,)``, and ``restarts``
+    (an :class:`jaxem.em.EMResult`) has a leading ``(n_init,)`` axis. With a batch
+    ``(n_datasets, n_samples, n_features)`` every field gains a leading ``n_datasets``.
+    """
+
+    params: PyTree
+    log_likelihood: jax.Array  # best restart's mean per-sample log-likelihood
+    trace: jax.Array  # (..., max_iter) its per-iteration trace, NaN-padded
+    n_iter: jax.Array
+    converged: jax.Array
+    failed: jax.Array  # True only when every restart failed
+    best: jax.Array  # index of the best restart
+    restarts: em.EMResult  # every restart, with an (n_init,) axis
+
+
+class FitError(ValueError):
+    """Every restart of a data set failed (non-finite parameters)."""
+
+
+def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
+        weights=None, max_iter: int = 100, tol: float = 1e-3,
+        init: str | PyTree = "kmeans", chunk_size: int | None = None,
+        check: bool = True) -> FitResult:
+    """Fit ``family`` by EM with ``n_init`` restarts run in parallel (``vmap``).
+
+    Args:
+      family: a model family, e.g. ``jaxem.gaussian("full")``.
+      x: ``(n_samples, n_features)`` or a batch ``(n_datasets, n_samples, n_features)``.
+      n_components: number of mixture components ``K``.
+      key: a ``jax.random`` key; restarts and data sets get independent sub-keys.
+      n_init: random restarts per data set.
+      weights: ``(n_samples,)`` or ``(n_datasets, n_samples)`` non-negative sample
+        weights. 0 marks padding, so data sets of different sizes batch together.
+      max_iter, tol: the stopping rule of :func:`jaxem.em.run`.
+      init: one of ``"kmeans"``, ``"k-means++"``, ``"random"``, ``"random_from_data"``,
+        or explicit starting parameters (one instance's, broadcast, or with leading
+        ``(n_init,)`` or ``(n_datasets, n_init)`` axes).
+      chunk_size: rows per chunk of the E-step (bounds memory), ``None``: all rows.
+      check: raise :class:`FitError` if every restart of some data set failed.
+
+    >>> import jax, jaxem
+    >>> x = jaxem.datasets.load_faithful()
+    >>> result = jaxem.fit(jaxem.gaussian("full"), x, n_components=2, n_init=4,
+    ...                    key=jax.random.key(0))
+    >>> result.log_likelihood.shape, result.restarts.log_likelihood.shape
+    ((), (4,))
+    >>> bool(result.converged)
+    True
+    """
+    x = jnp.asarray(x)
+    single = x.ndim == 2
+    x, weights = _check_data(x, weights, n_components)
+    if isinstance(init, str):
+        if init not in INIT_METHODS:
+            raise ValueError(f"Unknown init {init!r}: use one of {', '.join(INIT_METHODS)} "
+                             "or pass starting parameters.")
+        method, params0 = init, None
+    else:
+        method, params0 = None, _broadcast_init(family, init, x, n_init, n_components)
+    keys = jax.random.split(key, x.shape[0] * n_init).reshape(x.shape[0], n_init)
+    result = _fit(family, x, weights, keys, params0, tol, n_components=n_components,
+                  method=method, max_iter=max_iter, chunk_size=chunk_size)
+    if check and bool(jnp.any(result.failed)):
+        bad = np.flatnonzero(np.asarray(result.failed)).tolist()
+        raise FitError(
+            f"EM failed on every restart of data set(s) {bad}: the parameters became "
+            "non-finite (e.g. a singular covariance). Increase reg_covar, use fewer "
+            "components, or check the data for duplicated points or constant features."
+        )
+    if single:
+        result = jax.tree.map(lambda a: a[0], result)
+    return result
+
+
+@functools.partial(jax.jit, static_argnames=("n_components", "method", "max_iter", "chunk_size"))
+def _fit(family, x, weights, keys, params0, tol, *, n_components, method, max_iter, chunk_size):
+    """x: (B, n, D), weights: (B, n), keys: (B, R), params0: None or (B, R, ...)."""
+
+    def one(key, params, x, w, shift):
+        if params is None:
+            init_fn = getattr(family, "init", None) or functools.partial(initialize, family)
+            params = init_fn(key, x, w, n_components, method)
+        elif shift is not None:
+            params = family.translate(params, -shift)
+        out = em.run(family, params, x, w, max_iter=max_iter, tol=tol, chunk_size=chunk_size)
+        if shift is not None:
+            out = out._replace(params=family.translate(out.params, shift))
+        return out
+
+    def per_dataset(keys, params, x, w):
+        shift = None
+        if hasattr(family, "translate"):
+            # Fit centred data: float32 moments stay accurate far from the origin.
+            shift = w @ x / jnp.sum(w)
+            x = x - shift
+        x = jnp.where(w[:, None] > 0, x, 0.0)  # padding rows may hold anything finite
+        return jax.vmap(one, (0, 0, None, None, None))(keys, params, x, w, shift)
+
+    restarts = jax.vmap(per_dataset)(keys, params0, x, weights)
+    score = jnp.where(restarts.failed | ~jnp.isfinite(restarts.log_likelihood),
+                      -jnp.inf, restarts.log_likelihood)
+    best = jnp.argmax(score, axis=1)
+    pick = jax.vmap(lambda tree, i: jax.tree.map(lambda a: a[i], tree))
+    top = pick(restarts, best)
+    return FitResult(top.params, top.log_likelihood, top.trace, top.n_iter, top.converged,
+                     top.failed, best, restarts)
+
+
+def _check_data(x, weights, n_components):
+    """Validate and bring to ``(B, n, D)`` data and ``(B, n)`` weights."""
+    if x.ndim not in (2, 3):
+        raise ValueError(f"x must have shape (n_samples, n_features) or "
+                         f"(n_datasets, n_samples, n_features), got {x.shape}.")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    x3 = x if x.ndim == 3 else x[None]
+    if weights is None:
+        w3 = jnp.ones(x3.shape[:2], x.dtype)
+    else:
+        w = jnp.asarray(weights, x.dtype)
+        w3 = w if w.ndim == 2 else w[None]
+        if w3.shape != x3.shape[:2]:
+            raise ValueError(f"weights must have shape {x.shape[:-1]}, got {w.shape}.")
+        if not bool(jnp.all(jnp.isfinite(w3) & (w3 >= 0))):
+            raise ValueError("weights must be finite and non-negative.")
+    if not bool(jnp.all(jnp.isfinite(jnp.where(w3[..., None] > 0, x3, 0.0)))):
+        raise ValueError("x contains NaN or infinity; remove or impute those rows "
+                         "(or give them weight 0).")
+    n_rows = int(jnp.min(jnp.sum(w3 > 0, axis=1)))
+    if n_rows < n_components:
+        raise ValueError(f"Expected at least n_components={n_components} samples with "
+                         f"positive weight in every data set, got {n_rows}.")
+    return x3, w3
+
+
+def _broadcast_init(family, params, x, n_init, n_components):
+    """Give explicit starting parameters the leading ``(B, n_init)`` axes."""
+    reference = jax.eval_shape(
+        lambda: initialize(family, jax.random.key(0), x[0], jnp.ones(x.shape[1], x.dtype),
+                           n_components, "random"))
+    batch = (x.shape[0], n_init)
+
+    def expand(a, ref):
+        a = jnp.asarray(a, x.dtype)
+        lead = a.ndim - len(ref.shape)
+        if a.shape[lead:] != ref.shape or lead > 2:
+            raise ValueError(f"Starting parameters have shape {a.shape}; expected "
+                             f"{ref.shape}, optionally with leading (n_init,) or "
+                             f"(n_datasets, n_init) axes.")
+        if lead == 1:
+            a = a[None]
+        return jnp.broadcast_to(a, batch + ref.shape)
+
+    try:
+        return jax.tree.map(expand, params, reference)
+    except ValueError as e:
+        if "Starting parameters" in str(e):
+            raise
+        raise ValueError("Starting parameters do not have the family's structure "
+                         f"{jax.tree.structure(reference)}.") from e

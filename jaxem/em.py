@@ -1,0 +1,150 @@
+"""The EM driver: E-step -> M-step under ``lax.while_loop``, for one instance.
+
+It knows nothing about a particular model: a family supplies ``log_joint``,
+``posterior``, ``stats`` and ``m_step`` (a mixture), or its own
+``e_step(params, x, weights) -> (stats, sum of weighted log-likelihood, sum of weights)``
+(e.g. an HMM). Batching over restarts and data sets is ``vmap`` of :func:`run`
+(see :mod:`jaxem.batch`); a vmapped ``while_loop`` keeps finished instances frozen
+and stops when all of them are finished.
+
+Semantics follow scikit-learn's ``GaussianMixture`` so it is an exact oracle: one
+iteration is an E-step at the current parameters (its mean log-likelihood is recorded)
+followed by an M-step; the run stops after ``max_iter`` iterations or when the mean
+log-likelihood changed by at most ``tol``. The returned parameters are one M-step past
+the returned ``log_likelihood``.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxem.families.base import all_finite, tree_where
+
+Array = jax.Array
+PyTree = Any
+
+
+class EMResult(NamedTuple):
+    """The outcome of EM for one instance (or a batch of them, with leading axes)."""
+
+    params: PyTree
+    log_likelihood: Array  # () mean per-sample log-likelihood of the last E-step
+    trace: Array  # (max_iter,) the mean log-likelihood per iteration, NaN after the stop
+    n_iter: Array  # () int, iterations run
+    converged: Array  # () bool
+    failed: Array  # () bool: the M-step gave non-finite parameters; the last good kept
+
+
+def _rows(family, params, x, weights):
+    """Sums over a block of rows: ``(stats, sum w * log p(x), sum w)``."""
+    resp, ll_rows = family.posterior(family.log_joint(params, x))
+    stats = family.stats(x, resp * weights[:, None])
+    ll_sum = jnp.sum(jnp.where(weights > 0, weights * ll_rows, 0.0))
+    return stats, ll_sum, jnp.sum(weights)
+
+
+def e_step(family, params: PyTree, x: Array, weights: Array | None = None,
+           chunk_size: int | None = None) -> tuple[PyTree, Array, Array]:
+    """The E-step as additive sums.
+
+    Args:
+      family: a model family.
+      params: its parameters.
+      x: ``(n_samples, n_features)`` data (for sequence families, what they take).
+      weights: ``(n_samples,)`` non-negative sample weights; 0 marks padding.
+      chunk_size: process rows in chunks of this many, so the largest live array is
+        ``(chunk_size, K, D)`` rather than ``(n_samples, K, D)``. ``None``: all at once.
+
+    Returns:
+      ``(stats, sum of weighted log-likelihoods, sum of weights)``.
+    """
+    if hasattr(family, "e_step"):
+        return family.e_step(params, x, weights)
+    n = x.shape[0]
+    if weights is None:
+        weights = jnp.ones(n, dtype=x.dtype)
+    if chunk_size is None or chunk_size >= n:
+        return _rows(family, params, x, weights)
+    n_chunks = -(-n // chunk_size)
+    pad = n_chunks * chunk_size - n
+    xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(n_chunks, chunk_size, -1)
+    ws = jnp.pad(weights, (0, pad)).reshape(n_chunks, chunk_size)
+
+    def add(total, chunk):
+        part = _rows(family, params, *chunk)
+        return jax.tree.map(jnp.add, total, part), None
+
+    zeros = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype),
+        jax.eval_shape(_rows, family, params, xs[0], ws[0]),
+    )
+    total, _ = jax.lax.scan(add, zeros, (xs, ws))
+    return total
+
+
+def m_step(family, stats: PyTree, params: PyTree | None = None) -> PyTree:
+    """The M-step: the family's closed-form maximiser of the expected log-likelihood."""
+    return family.m_step(stats, params)
+
+
+def em_step(family, params: PyTree, x: Array, weights: Array | None = None,
+            chunk_size: int | None = None) -> tuple[PyTree, Array]:
+    """One EM iteration: ``(new params, mean log-likelihood at the old params)``."""
+    stats, ll_sum, w_sum = e_step(family, params, x, weights, chunk_size)
+    return m_step(family, stats, params), ll_sum / w_sum
+
+
+def responsibilities(family, params: PyTree, x: Array) -> Array:
+    """Posterior ``p(z_n = k | x_n)``: ``x (n, D)`` -> ``(n, K)``."""
+    return family.posterior(family.log_joint(params, x))[0]
+
+
+def log_likelihood(family, params: PyTree, x: Array) -> Array:
+    """Per-row log-likelihood ``log p(x_n)``: ``x (n, D)`` -> ``(n,)``."""
+    return family.posterior(family.log_joint(params, x))[1]
+
+
+def run(family, params: PyTree, x: Array, weights: Array | None = None, *,
+        max_iter: int = 100, tol: float | Array = 1e-3,
+        chunk_size: int | None = None) -> EMResult:
+    """Run EM from ``params`` on one data set (pure; jit and vmap it freely).
+
+    Args:
+      family: a model family.
+      params: starting parameters.
+      x: ``(n_samples, n_features)`` data.
+      weights: ``(n_samples,)`` sample weights, 0 for padding rows.
+      max_iter: the most iterations (static: it is the length of ``trace``).
+      tol: stop when the mean log-likelihood changes by at most this (traced).
+      chunk_size: rows per chunk of the E-step (static), ``None`` for all at once.
+    """
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}.")
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    init = EMResult(
+        params=params,
+        log_likelihood=jnp.array(-jnp.inf, dtype),
+        trace=jnp.full((max_iter,), jnp.nan, dtype),
+        n_iter=jnp.array(0, jnp.int32),
+        converged=jnp.array(False),
+        failed=jnp.array(False),
+    )
+
+    def cond(state: EMResult):
+        return (state.n_iter < max_iter) & ~state.converged & ~state.failed
+
+    def body(state: EMResult):
+        new_params, ll = em_step(family, state.params, x, weights, chunk_size)
+        ok = all_finite(new_params) & jnp.isfinite(ll)
+        return EMResult(
+            params=tree_where(ok, new_params, state.params),
+            log_likelihood=ll,
+            trace=state.trace.at[state.n_iter].set(ll),
+            n_iter=state.n_iter + 1,
+            converged=ok & (jnp.abs(ll - state.log_likelihood) <= tol),
+            failed=~ok,
+        )
+
+    return jax.lax.while_loop(cond, body, init)
