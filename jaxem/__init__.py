@@ -1,6 +1,7 @@
 """jaxem: latent-variable models fitted by EM on JAX, batched over restarts and data sets."""
 from jaxem import datasets, em, families
 from jaxem.batch import FitError, FitResult, fit
+from jaxem.estimators import GaussianMixture, KMeans
 from jaxem.em import EMResult, e_step, em_step, log_likelihood, m_step, responsibilities, run
 from jaxem.families import gaussian, kmeans
 from jaxem.init import initialize, kmeans_plusplus
@@ -8,7 +9,7 @@ from jaxem.init import initialize, kmeans_plusplus
 __version__ = "0.1.0"
 
 __all__ = [
-    "EMResult", "FitError", "FitResult", "datasets", "e_step", "em", "em_step",
+    "EMResult", "FitError", "GaussianMixture", "KMeans", "FitResult", "datasets", "e_step", "em", "em_step",
     "families", "fit", "gaussian", "initialize", "kmeans", "kmeans_plusplus",
     "log_likelihood", "m_step", "responsibilities", "run",
 ]

@@ -154,6 +154,10 @@ class Gaussian(Mixture):
         """The same mixture moved by ``shift (D,)``: the engine fits centred data."""
         return params._replace(means=params.means + shift)
 
+    def locations(self, params: GaussianParams) -> jax.Array:
+        """Where the components sit, ``(K, D)``: what :meth:`translate` moves."""
+        return params.means
+
     def covariances(self, params: GaussianParams) -> jax.Array:
         """Covariances in the shape of ``precisions_cholesky``."""
         p = params.precisions_cholesky

@@ -69,6 +69,9 @@ class KMeans(Mixture):
     def translate(self, params: KMeansParams, shift: jax.Array) -> KMeansParams:
         return KMeansParams(params.centers + shift)
 
+    def locations(self, params: KMeansParams) -> jax.Array:
+        return params.centers
+
 
 def kmeans() -> KMeans:
     """The k-means (hard EM) family."""
