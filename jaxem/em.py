@@ -1,7 +1,8 @@
 """The EM driver: E-step -> M-step under ``lax.while_loop``, for one instance.
 
 It knows nothing about a particular model: a family supplies ``log_joint``,
-``posterior``, ``stats`` and ``m_step`` (a mixture), or its own
+``posterior``, ``stats(x, resp, params)`` and ``m_step(stats, params)`` (a mixture; both
+get the current ``params``, about which a family may centre its statistics), or its own
 ``e_step(params, x, weights) -> (stats, sum of weighted log-likelihood, sum of weights)``
 (e.g. an HMM). Batching over restarts and data sets is ``vmap`` of :func:`run`
 (see :mod:`jaxem.batch`); a vmapped ``while_loop`` keeps finished instances frozen
@@ -40,7 +41,7 @@ class EMResult(NamedTuple):
 def _rows(family, params, x, weights):
     """Sums over a block of rows: ``(stats, sum w * log p(x), sum w)``."""
     resp, ll_rows = family.posterior(family.log_joint(params, x))
-    stats = family.stats(x, resp * weights[:, None])
+    stats = family.stats(x, resp * weights[:, None], params)
     ll_sum = jnp.sum(jnp.where(weights > 0, weights * ll_rows, 0.0))
     return stats, ll_sum, jnp.sum(weights)
 

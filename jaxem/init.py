@@ -1,7 +1,8 @@
 """Starting parameters, as scikit-learn's ``init_params`` methods.
 
 Every method yields starting responsibilities ``resp (n, K)``; the starting parameters
-are the family's M-step on them, ``family.m_step(family.stats(x, w * resp))``. As in
+are the family's M-step on them, ``family.m_step(family.stats(x, w * resp))`` (twice,
+the second time about the first's means). As in
 scikit-learn, ``k-means++`` and ``random_from_data`` put one unit of responsibility on
 each chosen row (so Gaussian components start at those rows with covariance
 ``reg_covar``), ``random`` draws uniform responsibilities, and ``kmeans`` uses the
@@ -81,5 +82,7 @@ def initial_resp(key: jax.Array, x: jax.Array, weights: jax.Array, n_components:
 def initialize(family, key: jax.Array, x: jax.Array, weights: jax.Array,
                n_components: int, method: str = "kmeans"):
     """Starting parameters of ``family`` for ``x (n, D)`` by ``method``."""
-    resp = initial_resp(key, x, weights, n_components, method)
-    return family.m_step(family.stats(x, resp * weights[:, None]), None)
+    resp = initial_resp(key, x, weights, n_components, method) * weights[:, None]
+    # Two passes, so that second moments are taken about the first pass's means.
+    first = family.m_step(family.stats(x, resp), None)
+    return family.m_step(family.stats(x, resp, first), first)

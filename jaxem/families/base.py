@@ -34,10 +34,11 @@ def family(cls=None, *, static: tuple[str, ...] = ()):
 class Mixture:
     """Defaults of a mixture family: soft posterior over the rows of ``log_joint``.
 
-    Subclasses provide ``log_joint(params, x) -> (n, K)``, ``stats(x, resp)`` (additive
-    over rows; ``resp`` already carries the sample weights) and
-    ``m_step(stats, params) -> params``. ``params`` in ``m_step`` is the current value,
-    used by families that keep some parameters fixed (e.g. empty k-means clusters).
+    Subclasses provide ``log_joint(params, x) -> (n, K)``, ``stats(x, resp, params)``
+    (additive over rows; ``resp`` already carries the sample weights) and
+    ``m_step(stats, params) -> params``. ``params`` is the current value (or ``None``):
+    a family may centre its statistics about it (Gaussian second moments) or keep some
+    parameters fixed (empty k-means clusters).
     """
 
     def posterior(self, log_joint: Array) -> tuple[Array, Array]:

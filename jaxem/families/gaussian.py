@@ -56,7 +56,7 @@ class Gaussian(Mixture):
     >>> fam = Gaussian("diag")
     >>> x = jnp.array([[0.0, 0.0], [1.0, 1.0], [10.0, 10.0]])
     >>> resp = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    >>> params = fam.m_step(fam.stats(x, resp))
+    >>> params = fam.m_step(fam.stats(x, resp))  # stats about 0: no current params
     >>> params.means.round(3).tolist()
     [[0.5, 0.5], [10.0, 10.0]]
     >>> fam.log_joint(params, x).shape
@@ -106,38 +106,54 @@ class Gaussian(Mixture):
         log_gauss = -0.5 * (d * math.log(2 * math.pi) + maha) + log_det
         return jnp.log(params.weights) + log_gauss
 
-    def stats(self, x: jax.Array, resp: jax.Array) -> GaussianStats:
-        """``x (n, D)``, weighted ``resp (n, K)`` -> sums over the rows."""
+    def stats(self, x: jax.Array, resp: jax.Array,
+              params: GaussianParams | None = None) -> GaussianStats:
+        """``x (n, D)``, weighted ``resp (n, K)`` -> sums over the rows.
+
+        For ``full`` and ``tied``, ``sum_xx`` is taken about the current means
+        (``params.means``, or 0 without ``params``): the M-step's covariance is then a
+        small correction of it, not a difference of large numbers, so float32 keeps the
+        Cholesky factorisation well-posed. ``diag``/``spherical`` keep the GEMM-shaped
+        one-pass moments (as scikit-learn) and clip the variance at 0.
+        """
         counts = jnp.sum(resp, axis=0)
         sum_x = jnp.matmul(resp.T, x, precision=_HIGHEST)
         ct = self.covariance_type
-        if ct == "full":
-            sum_xx = jnp.einsum("nk,nd,ne->kde", resp, x, x, precision=_HIGHEST)
-        elif ct == "tied":
-            xw = x * jnp.sum(resp, axis=1)[:, None]
-            sum_xx = jnp.matmul(xw.T, x, precision=_HIGHEST)
+        if ct in ("full", "tied"):
+            dx = x[:, None, :] - self._shift(params, x)  # (n, K, D)
+            rdx = resp[:, :, None] * dx
+            if ct == "full":
+                sum_xx = jnp.einsum("nkd,nke->kde", rdx, dx, precision=_HIGHEST)
+            else:
+                sum_xx = jnp.einsum("nkd,nke->de", rdx, dx, precision=_HIGHEST)
         elif ct == "diag":
             sum_xx = jnp.matmul(resp.T, x * x, precision=_HIGHEST)
         else:
             sum_xx = jnp.matmul(resp.T, jnp.sum(x * x, axis=1), precision=_HIGHEST)
         return GaussianStats(counts, sum_x, sum_xx)
 
+    def _shift(self, params, x):
+        """Where ``sum_xx`` is centred: ``(K, D)`` or a broadcastable 0."""
+        if params is None or self.covariance_type not in ("full", "tied"):
+            return jnp.zeros((1, x.shape[-1]), x.dtype)
+        return params.means
+
     # -- M-step ---------------------------------------------------------------------
     def m_step(self, stats: GaussianStats, params: GaussianParams | None = None) -> GaussianParams:
-        """Closed-form maximiser; ``params`` (the current value) is not needed here."""
-        del params
+        """Closed-form maximiser; ``params`` must be the value ``stats`` was taken at."""
         sum_x = stats.sum_x
         # As scikit-learn: a tiny count keeps empty components finite.
         nk = stats.counts + 10 * jnp.finfo(sum_x.dtype).eps
         means = sum_x / nk[:, None]
+        delta = means - self._shift(params, sum_x)  # new means about the shift
         d = sum_x.shape[-1]
         eye = jnp.eye(d, dtype=sum_x.dtype)
         ct = self.covariance_type
         if ct == "full":
-            cov = stats.sum_xx / nk[:, None, None] - jnp.einsum("kd,ke->kde", means, means)
+            cov = stats.sum_xx / nk[:, None, None] - jnp.einsum("kd,ke->kde", delta, delta)
             prec_chol = _precision_cholesky(cov + self.reg_covar * eye)
         elif ct == "tied":
-            outer = jnp.einsum("k,kd,ke->de", nk, means, means, precision=_HIGHEST)
+            outer = jnp.einsum("k,kd,ke->de", nk, delta, delta, precision=_HIGHEST)
             cov = (stats.sum_xx - outer) / jnp.sum(nk)
             prec_chol = _precision_cholesky(cov + self.reg_covar * eye)
         elif ct == "diag":

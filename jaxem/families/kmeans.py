@@ -55,7 +55,7 @@ class KMeans(Mixture):
         resp = jax.nn.one_hot(labels, log_joint.shape[-1], dtype=log_joint.dtype)
         return resp, jnp.max(log_joint, axis=-1)
 
-    def stats(self, x: jax.Array, resp: jax.Array) -> KMeansStats:
+    def stats(self, x: jax.Array, resp: jax.Array, params: KMeansParams | None = None) -> KMeansStats:
         return KMeansStats(jnp.sum(resp, axis=0), jnp.matmul(resp.T, x, precision=_HIGHEST))
 
     def m_step(self, stats: KMeansStats, params: KMeansParams | None = None) -> KMeansParams:
