@@ -16,8 +16,15 @@ from jaxem.init import initialize
 SNAPSHOTS = (1, 2, 5, 20)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad input: one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxem", description="EM for latent-variable models on JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
