@@ -84,7 +84,7 @@ def demo(args) -> int:
     covariances = np.asarray(family.covariances(result.params), dtype=np.float64)
     means = np.asarray(result.params.means, dtype=np.float64)
     for k in range(args.n_components):
-        cov = _as_matrix(covariances, k, x.shape[1])
+        cov = _as_matrix(covariances, k, x.shape[1], family.covariance_type)
         print(f"  component {k}: weight {float(result.params.weights[k]):.3f}  "
               f"mean {np.round(means[k], 3).tolist()}  covariance {np.round(cov, 3).tolist()}")
     if args.out:
@@ -113,7 +113,7 @@ def _draw(x, family, snapshots, path) -> bool:
         ax.scatter(x[:, 0], x[:, 1], c=resp[:, 0], cmap="coolwarm", s=8)
         covs = np.asarray(family.covariances(params))
         for k, mean in enumerate(np.asarray(params.means)):
-            cov = _as_matrix(covs, k, x.shape[1])
+            cov = _as_matrix(covs, k, x.shape[1], family.covariance_type)
             vals, vecs = np.linalg.eigh(cov)
             angle = np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))
             for n_sd in (1, 2):
@@ -129,9 +129,9 @@ def _draw(x, family, snapshots, path) -> bool:
     return True
 
 
-def _as_matrix(covs, k, d):
+def _as_matrix(covs, k, d, covariance_type):
     """One component's covariance as a (D, D) matrix, whatever the covariance type."""
-    c = covs if covs.ndim == 2 and covs.shape == (d, d) else covs[k]
+    c = covs if covariance_type == "tied" else covs[k]
     return c if np.ndim(c) == 2 else np.diag(np.broadcast_to(c, (d,)))
 
 

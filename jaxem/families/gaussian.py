@@ -1,7 +1,7 @@
 """Gaussian mixtures with ``full``, ``tied``, ``diag`` or ``spherical`` covariances.
 
 Parameters are stored as scikit-learn stores them: mixing weights, means and the
-Cholesky factor of the precision, so the E-step is a matrix multiply (GEMM-shaped).
+Cholesky factor of the precision, so the full and tied E-step is a matrix multiply.
 
 Shapes, ``K`` components and ``D`` features:
 
@@ -28,6 +28,9 @@ from jaxem.families.base import Mixture, family
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 # The second moments are differences of large numbers: never let a GPU use TF32 there.
 _HIGHEST = jax.lax.Precision.HIGHEST
+# sum_n r_nk (x_n - c_k)(x_n - c_k)^T reduced to each covariance type's shape.
+_SUM_XX = {"full": "nkd,nke->kde", "tied": "nkd,nke->de", "diag": "nkd,nkd->kd",
+           "spherical": "nkd,nkd->k"}
 
 
 class GaussianParams(NamedTuple):
@@ -88,20 +91,14 @@ class Gaussian(Mixture):
             maha = jnp.sum(y * y, axis=-1)
             log_det = jnp.sum(jnp.log(jnp.diagonal(p)))
         elif ct == "diag":
-            prec = p * p
-            maha = (
-                jnp.sum(mu * mu * prec, axis=1)
-                - 2.0 * x @ (mu * prec).T
-                + (x * x) @ prec.T
-            )
+            # Direct differences, not the expanded x^2 p - 2 x mu p + mu^2 p: in float32
+            # that cancels for a tight component (large precision) away from 0.
+            y = (x[:, None, :] - mu[None]) * p[None]  # (n, K, D), bounded by the chunk
+            maha = jnp.sum(y * y, axis=-1)
             log_det = jnp.sum(jnp.log(p), axis=1)
         else:  # spherical
-            prec = p * p
-            maha = (
-                jnp.sum(mu * mu, axis=1) * prec
-                - 2.0 * (x @ mu.T) * prec
-                + jnp.sum(x * x, axis=1)[:, None] * prec
-            )
+            diff = x[:, None, :] - mu[None]
+            maha = jnp.sum(diff * diff, axis=-1) * (p * p)
             log_det = d * jnp.log(p)
         log_gauss = -0.5 * (d * math.log(2 * math.pi) + maha) + log_det
         return jnp.log(params.weights) + log_gauss
@@ -110,33 +107,22 @@ class Gaussian(Mixture):
               params: GaussianParams | None = None) -> GaussianStats:
         """``x (n, D)``, weighted ``resp (n, K)`` -> sums over the rows.
 
-        For ``full`` and ``tied``, ``sum_xx`` is taken about the current means
-        (``params.means``, or 0 without ``params``): the M-step's covariance is then a
-        small correction of it, not a difference of large numbers, so float32 keeps the
-        Cholesky factorisation well-posed. ``diag``/``spherical`` keep the GEMM-shaped
-        one-pass moments (as scikit-learn) and clip the variance at 0.
+        ``sum_xx`` is taken about the current means (``params.means``, or 0 without
+        ``params``): the M-step's covariance is then a small correction of it, not a
+        difference of large numbers, so float32 stays accurate for tight components far
+        from the origin. The ``(n, K, D)`` intermediate is bounded by the E-step's chunk.
         """
         counts = jnp.sum(resp, axis=0)
         sum_x = jnp.matmul(resp.T, x, precision=_HIGHEST)
-        ct = self.covariance_type
-        if ct in ("full", "tied"):
-            dx = x[:, None, :] - self._shift(params, x)  # (n, K, D)
-            rdx = resp[:, :, None] * dx
-            if ct == "full":
-                sum_xx = jnp.einsum("nkd,nke->kde", rdx, dx, precision=_HIGHEST)
-            else:
-                sum_xx = jnp.einsum("nkd,nke->de", rdx, dx, precision=_HIGHEST)
-        elif ct == "diag":
-            sum_xx = jnp.matmul(resp.T, x * x, precision=_HIGHEST)
-        else:
-            sum_xx = jnp.matmul(resp.T, jnp.sum(x * x, axis=1), precision=_HIGHEST)
+        dx = x[:, None, :] - self._shift(params, x)  # (n, K, D)
+        rdx = resp[:, :, None] * dx
+        sum_xx = jnp.einsum(_SUM_XX[self.covariance_type], rdx, dx, precision=_HIGHEST)
         return GaussianStats(counts, sum_x, sum_xx)
 
-    def _shift(self, params, x):
-        """Where ``sum_xx`` is centred: ``(K, D)`` or a broadcastable 0."""
-        if params is None or self.covariance_type not in ("full", "tied"):
-            return jnp.zeros((1, x.shape[-1]), x.dtype)
-        return params.means
+    @staticmethod
+    def _shift(params, x):
+        """Where ``sum_xx`` is centred: the means ``(K, D)``, or 0."""
+        return jnp.zeros((1, x.shape[-1]), x.dtype) if params is None else params.means
 
     # -- M-step ---------------------------------------------------------------------
     def m_step(self, stats: GaussianStats, params: GaussianParams | None = None) -> GaussianParams:
@@ -157,11 +143,11 @@ class Gaussian(Mixture):
             cov = (stats.sum_xx - outer) / jnp.sum(nk)
             prec_chol = _precision_cholesky(cov + self.reg_covar * eye)
         elif ct == "diag":
-            # One-pass moments can cancel to a tiny negative number: clip at 0.
-            var = jnp.maximum(stats.sum_xx / nk[:, None] - means * means, 0.0)
+            # Rounding can leave a tiny negative number where the variance is 0: clip.
+            var = jnp.maximum(stats.sum_xx / nk[:, None] - delta * delta, 0.0)
             prec_chol = jax.lax.rsqrt(var + self.reg_covar)
         else:
-            var = jnp.maximum(stats.sum_xx / nk - jnp.sum(means * means, axis=1), 0.0) / d
+            var = jnp.maximum(stats.sum_xx / nk - jnp.sum(delta * delta, axis=1), 0.0) / d
             prec_chol = jax.lax.rsqrt(var + self.reg_covar)
         return GaussianParams(nk / jnp.sum(nk), means, prec_chol)
 
