@@ -1,0 +1,38 @@
+"""Shared fixtures: float64 mode (scoped, restored afterwards) and small synthetic data.
+
+All tests share one process, so x64 is only ever switched on inside a context manager
+(``with jax.enable_x64(True):``), never at import time.
+"""
+import jax
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def x64():
+    """Run the test in JAX float64 mode; the previous mode is restored afterwards."""
+    with jax.enable_x64(True):
+        yield
+
+
+def blobs(seed: int, n: int, d: int, k: int, separation: float = 4.0,
+          spread: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` float64 points in ``d`` dimensions around ``k`` random centres.
+
+    Centres are standard normal times ``separation``; each blob gets a random linear
+    shape so full and diagonal covariances differ. Returns ``(x (n, d), labels (n,))``.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * separation
+    shapes = rng.normal(size=(k, d, d)) * 0.3 + np.eye(d)
+    labels = rng.integers(0, k, size=n)
+    labels[:k] = np.arange(k)[: min(k, n)]  # every blob has a point
+    eps = rng.normal(size=(n, d)) * spread
+    x = centres[labels] + np.einsum("nd,nde->ne", eps, shapes[labels])
+    return x, labels
+
+
+@pytest.fixture(scope="session")
+def make_blobs():
+    """The :func:`blobs` generator (a session fixture, so hypothesis tests can use it)."""
+    return blobs
