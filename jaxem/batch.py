@@ -108,12 +108,13 @@ def _fit(family, x, weights, keys, params0, tol, *, n_components, method, max_it
         return out
 
     def per_dataset(keys, params, x, w):
+        # Padding rows may hold anything, NaN included (0 * NaN is NaN): zero them first.
+        x = jnp.where(w[:, None] > 0, x, 0.0)
         shift = None
         if hasattr(family, "translate"):
             # Fit centred data: float32 moments stay accurate far from the origin.
             shift = w @ x / jnp.sum(w)
             x = x - shift
-        x = jnp.where(w[:, None] > 0, x, 0.0)  # padding rows may hold anything finite
         return jax.vmap(one, (0, 0, None, None, None))(keys, params, x, w, shift)
 
     restarts = jax.vmap(per_dataset)(keys, params0, x, weights)
