@@ -131,23 +131,35 @@ class Gaussian(Mixture):
         # As scikit-learn: a tiny count keeps empty components finite.
         nk = stats.counts + 10 * jnp.finfo(sum_x.dtype).eps
         means = sum_x / nk[:, None]
-        delta = means - self._shift(params, sum_x)  # new means about the shift
+        shift = self._shift(params, sum_x)
+        delta = means - shift  # new means about the shift
+        # sum_n r_nk (x_n - m_k)(x_n - m_k)^T = sum_xx - s delta^T - delta s^T
+        # + counts delta delta^T with s = sum_n r_nk (x_n - shift_k), exactly, also for an
+        # (almost) empty component, where counts << nk: "sum_xx - nk delta delta^T" gave
+        # -shift shift^T there, a negative covariance, and the fit failed.
+        s_c = sum_x - stats.counts[:, None] * shift
+        corr = stats.counts[:, None] * delta - 2.0 * s_c  # (K, D)
         d = sum_x.shape[-1]
         eye = jnp.eye(d, dtype=sum_x.dtype)
         ct = self.covariance_type
         if ct == "full":
-            cov = stats.sum_xx / nk[:, None, None] - jnp.einsum("kd,ke->kde", delta, delta)
+            outer = (stats.counts[:, None, None] * jnp.einsum("kd,ke->kde", delta, delta)
+                     - jnp.einsum("kd,ke->kde", s_c, delta)
+                     - jnp.einsum("kd,ke->kde", delta, s_c))
+            cov = (stats.sum_xx + outer) / nk[:, None, None]
             prec_chol = _precision_cholesky(cov + self.reg_covar * eye)
         elif ct == "tied":
-            outer = jnp.einsum("k,kd,ke->de", nk, delta, delta, precision=_HIGHEST)
-            cov = (stats.sum_xx - outer) / jnp.sum(nk)
+            outer = (jnp.einsum("k,kd,ke->de", stats.counts, delta, delta, precision=_HIGHEST)
+                     - jnp.einsum("kd,ke->de", s_c, delta, precision=_HIGHEST)
+                     - jnp.einsum("kd,ke->de", delta, s_c, precision=_HIGHEST))
+            cov = (stats.sum_xx + outer) / jnp.sum(nk)
             prec_chol = _precision_cholesky(cov + self.reg_covar * eye)
         elif ct == "diag":
             # Rounding can leave a tiny negative number where the variance is 0: clip.
-            var = jnp.maximum(stats.sum_xx / nk[:, None] - delta * delta, 0.0)
+            var = jnp.maximum((stats.sum_xx + corr * delta) / nk[:, None], 0.0)
             prec_chol = jax.lax.rsqrt(var + self.reg_covar)
         else:
-            var = jnp.maximum(stats.sum_xx / nk - jnp.sum(delta * delta, axis=1), 0.0) / d
+            var = jnp.maximum((stats.sum_xx + jnp.sum(corr * delta, axis=1)) / nk, 0.0) / d
             prec_chol = jax.lax.rsqrt(var + self.reg_covar)
         return GaussianParams(nk / jnp.sum(nk), means, prec_chol)
 
