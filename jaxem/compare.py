@@ -104,7 +104,7 @@ def compare(family, x, *, n_components: int, key: jax.Array, optimizers: dict,
     >>> x = jaxem.datasets.load_faithful()
     >>> cmp = jaxem.compare(jaxem.gaussian("diag"), x, n_components=2, n_init=2,
     ...                     key=jax.random.key(0), max_iter=30,
-    ...                     optimizers={"adam": (optax.adam, 0.1)})
+    ...                     init="random", optimizers={"adam": (optax.adam, 0.1)})
     >>> list(cmp.methods), cmp.methods["adam"].trace.shape
     (['EM', 'adam'], (2, 30))
     """

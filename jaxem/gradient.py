@@ -161,7 +161,7 @@ def fit_gradient(family, x, *, n_components: int, key: Array,
     >>> x = jaxem.datasets.load_faithful()
     >>> res = jaxem.fit_gradient(jaxem.gaussian("full"), x, n_components=2, n_init=3,
     ...                          key=jax.random.key(0), optimizer=optax.adam,
-    ...                          learning_rate=[0.01, 0.1], max_iter=50)
+    ...                          learning_rate=[0.01, 0.1], max_iter=50, init="random")
     >>> res.log_likelihood.shape, res.restarts.trace.shape
     ((2,), (2, 3, 50))
     """
