@@ -1,15 +1,17 @@
 """jaxem: latent-variable models fitted by EM on JAX, batched over restarts and data sets."""
 from jaxem import datasets, em, families
 from jaxem.batch import FitError, FitResult, fit
-from jaxem.estimators import GaussianMixture, KMeans
+from jaxem.compare import compare
 from jaxem.em import EMResult, e_step, em_step, log_likelihood, m_step, responsibilities, run
+from jaxem.estimators import GaussianMixture, KMeans
 from jaxem.families import gaussian, kmeans
+from jaxem.gradient import fit_gradient
 from jaxem.init import initialize, kmeans_plusplus
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EMResult", "FitError", "GaussianMixture", "KMeans", "FitResult", "datasets", "e_step", "em", "em_step",
-    "families", "fit", "gaussian", "initialize", "kmeans", "kmeans_plusplus",
-    "log_likelihood", "m_step", "responsibilities", "run",
+    "EMResult", "FitError", "FitResult", "GaussianMixture", "KMeans", "compare", "datasets",
+    "e_step", "em", "em_step", "families", "fit", "fit_gradient", "gaussian", "initialize",
+    "kmeans", "kmeans_plusplus", "log_likelihood", "m_step", "responsibilities", "run",
 ]

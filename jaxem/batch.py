@@ -67,9 +67,20 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     >>> bool(result.converged)
     True
     """
-    x = jnp.asarray(x)
-    single = x.ndim == 2
-    x, weights = _check_data(x, weights, n_components)
+    single = jnp.ndim(x) == 2
+    x, weights, keys, method, params0 = _prepare(family, x, weights, key, n_init,
+                                                 n_components, init)
+    result = _fit(family, x, weights, keys, params0, tol, n_components=n_components,
+                  method=method, max_iter=max_iter, chunk_size=chunk_size)
+    return _finish(result, single, check, "EM")
+
+
+def _prepare(family, x, weights, key, n_init, n_components, init):
+    """Host-side checks shared with :func:`jaxem.fit_gradient`.
+
+    Returns ``(x (B, n, D), weights (B, n), keys (B, n_init), method, params0)``.
+    """
+    x, weights = _check_data(jnp.asarray(x), weights, n_components)
     if isinstance(init, str):
         if init not in INIT_METHODS:
             raise ValueError(f"Unknown init {init!r}: use one of {', '.join(INIT_METHODS)} "
@@ -78,12 +89,15 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     else:
         method, params0 = None, _broadcast_init(family, init, x, n_init, n_components)
     keys = jax.random.split(key, x.shape[0] * n_init).reshape(x.shape[0], n_init)
-    result = _fit(family, x, weights, keys, params0, tol, n_components=n_components,
-                  method=method, max_iter=max_iter, chunk_size=chunk_size)
+    return x, weights, keys, method, params0
+
+
+def _finish(result, single, check, what):
+    """Raise if every restart of a data set failed; drop the data-set axis of one set."""
     if check and bool(jnp.any(result.failed)):
         bad = np.flatnonzero(np.asarray(result.failed)).tolist()
         raise FitError(
-            f"EM failed on every restart of data set(s) {bad}: the parameters became "
+            f"{what} failed on every restart of data set(s) {bad}: the parameters became "
             "non-finite (e.g. a singular covariance). Increase reg_covar, use fewer "
             "components, or check the data for duplicated points or constant features."
         )
@@ -96,13 +110,25 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
 def _fit(family, x, weights, keys, params0, tol, *, n_components, method, max_iter, chunk_size):
     """x: (B, n, D), weights: (B, n), keys: (B, R), params0: None or (B, R, ...)."""
 
+    def driver(params, x, w, key):
+        del key
+        return em.run(family, params, x, w, max_iter=max_iter, tol=tol, chunk_size=chunk_size)
+
+    return _restarts(family, driver, x, weights, keys, params0, n_components, method)
+
+
+def _restarts(family, driver, x, weights, keys, params0, n_components, method):
+    """Init, run ``driver(params, x, w, key) -> EMResult`` on centred data for every
+    restart and data set (vmapped), and pick the best restart. Call inside ``jit``."""
+
     def one(key, params, x, w, shift):
         if params is None:
             init_fn = getattr(family, "init", None) or functools.partial(initialize, family)
             params = init_fn(key, x, w, n_components, method)
         elif shift is not None:
             params = family.translate(params, -shift)
-        out = em.run(family, params, x, w, max_iter=max_iter, tol=tol, chunk_size=chunk_size)
+        # The init keeps ``key`` itself, so EM's starting points do not depend on the driver.
+        out = driver(params, x, w, jax.random.fold_in(key, 1))
         if shift is not None:
             out = out._replace(params=family.translate(out.params, shift))
         return out

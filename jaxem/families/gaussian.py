@@ -220,6 +220,50 @@ class Gaussian(Mixture):
             step = eps / p[z][:, None]
         return mu[z] + step, z
 
+    # -- reparameterisation for the gradient baseline (jaxem.gradient) ----------------
+    def to_unconstrained(self, params: GaussianParams) -> dict:
+        """Map ``params`` to unconstrained coordinates (a dict of arrays).
+
+        ``logits (K,)``: ``log weights`` (the weights are their softmax); ``means``;
+        ``precisions_cholesky``: for ``full``/``tied`` the upper-triangular factor ``A``
+        with ``A A^T = precision`` and positive diagonal, packed row by row
+        (``(K, D(D+1)/2)`` or ``(D(D+1)/2,)``) with its diagonal stored as logs; for
+        ``diag``/``spherical`` the log variances. :meth:`from_unconstrained` inverts it.
+        """
+        p = params.precisions_cholesky
+        if self.covariance_type in ("full", "tied"):
+            d = p.shape[-1]
+            rev = jnp.arange(d)[::-1]
+            # Any P with P P^T = precision is the same model; take the upper-triangular
+            # one with positive diagonal by an RQ decomposition (P = U Q), which does not
+            # square the condition number as re-factorising P P^T would.
+            _, r = jnp.linalg.qr(jnp.swapaxes(p[..., rev, :], -1, -2))
+            u = jnp.swapaxes(r, -1, -2)[..., rev, :][..., :, rev]
+            diag = jnp.diagonal(u, axis1=-2, axis2=-1)
+            u = u * jnp.sign(diag)[..., None, :]  # flip columns: positive diagonal
+            eye = jnp.eye(d, dtype=bool)
+            u = jnp.where(eye, jnp.log(jnp.where(eye, u, 1.0)), u)
+            rows, cols = jnp.triu_indices(d)
+            scale = u[..., rows, cols]
+        else:
+            scale = -2.0 * jnp.log(p)  # log variances
+        return {"logits": jnp.log(params.weights), "means": params.means,
+                "precisions_cholesky": scale}
+
+    def from_unconstrained(self, u: dict) -> GaussianParams:
+        """Valid parameters from any finite unconstrained ``u`` (see :meth:`to_unconstrained`)."""
+        scale = u["precisions_cholesky"]
+        if self.covariance_type in ("full", "tied"):
+            d = u["means"].shape[-1]
+            rows, cols = jnp.triu_indices(d)
+            a = jnp.zeros(scale.shape[:-1] + (d, d), scale.dtype).at[..., rows, cols].set(scale)
+            eye = jnp.eye(d, dtype=bool)
+            # exp only where it is used, so no inf * 0 = NaN in the gradient.
+            prec_chol = jnp.where(eye, jnp.exp(jnp.where(eye, a, 0.0)), a)
+        else:
+            prec_chol = jnp.exp(-0.5 * scale)
+        return GaussianParams(jax.nn.softmax(u["logits"]), u["means"], prec_chol)
+
 
 def _precision_cholesky(cov: jax.Array) -> jax.Array:
     """Upper-triangular ``P`` with ``P P^T = cov^{-1}`` (scikit-learn's convention).
