@@ -80,6 +80,7 @@ def _normalise(p, axis=-1):
     return p / jnp.where(s > 0, s, 1.0)
 
 
+@jax.jit
 def forward_backward(initial_probs: Array, transition_matrix: Array,
                      log_likelihoods: Array, mask: Array | None = None) -> HMMPosterior:
     """Scaled forward-backward under ``lax.scan`` (see the module docstring for shapes)."""
@@ -136,6 +137,7 @@ def _elements(initial_probs, transition_matrix, b, mask):
     return m / n[:, None, None], jnp.log(n)
 
 
+@jax.jit
 def parallel_forward_backward(initial_probs: Array, transition_matrix: Array,
                               log_likelihoods: Array, mask: Array | None = None) -> HMMPosterior:
     """Forward-backward by ``lax.associative_scan``: depth ``O(log T)``, work ``O(T K^3)``."""
@@ -161,6 +163,7 @@ def _log_transitions(transition_matrix, mask):
     return jnp.where(mask[1:, None, None], jnp.log(transition_matrix), log_eye)
 
 
+@jax.jit
 def viterbi(initial_probs: Array, transition_matrix: Array, log_likelihoods: Array,
             mask: Array | None = None) -> tuple[Array, Array]:
     """Most likely state path by max-product and backtracking under ``lax.scan``.
@@ -194,6 +197,7 @@ def _maxplus(a, b):
     return jnp.max(a[..., :, :, None] + b[..., None, :, :], axis=-2)
 
 
+@jax.jit
 def parallel_viterbi(initial_probs: Array, transition_matrix: Array, log_likelihoods: Array,
                      mask: Array | None = None) -> tuple[Array, Array]:
     """Viterbi by two max-plus associative scans, depth ``O(log T)``, no backtracking.
@@ -216,6 +220,7 @@ def parallel_viterbi(initial_probs: Array, transition_matrix: Array, log_likelih
 
 
 # -- posterior sampling ---------------------------------------------------------------------
+@jax.jit
 def sample_posterior(key: Array, initial_probs: Array, transition_matrix: Array,
                      log_likelihoods: Array, mask: Array | None = None) -> Array:
     """One state path ``(T,)`` from ``p(z_{1:T} | x_{1:T})`` (forward filter, backward sample)."""

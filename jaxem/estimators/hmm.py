@@ -132,12 +132,13 @@ class _BaseHMM(BaseEstimator):
         key = _key(self.random_state)
         keys = jax.random.split(key, self.n_init)
         needs = set(self._letters) - set(self.init_params)
-        if needs:  # some starting values come from the user's attributes
-            p = _init_many(family, keys, jnp.asarray(x), jnp.asarray(w), k, "kmeans")
-            p = self._override(p, dtype)
-            init = p
-        else:
+        if not needs:
             init = "kmeans"
+        elif needs == set(self._letters):  # every starting value is the user's
+            init = self._params_for_inference(dtype, check=False)
+        else:  # some starting values are the user's, the others random
+            p = _init_many(family, keys, jnp.asarray(x), jnp.asarray(w), k, "kmeans")
+            init = self._override(p, dtype)
         result = _engine_fit(family, x, weights=w, n_components=k, key=key,
                              n_init=self.n_init, max_iter=self.n_iter,
                              tol=self.tol / float(w.sum()), init=init, check=False)
@@ -181,10 +182,19 @@ class _BaseHMM(BaseEstimator):
     def _centre(self, X):
         return np.zeros(X.shape[1])
 
-    def _params_for_inference(self, dtype):
-        check_is_fitted(self, "startprob_")
+    def _params_for_inference(self, dtype, check=True):
+        if check:
+            check_is_fitted(self, "startprob_")
+        missing = [a for a in ("startprob_", "transmat_") if not hasattr(self, a)]
+        if missing:
+            raise ValueError(f"init_params={self.init_params!r} leaves {missing} to you: set "
+                             "them before fit, or add their letters to init_params.")
+        emission = self._given_emission(dtype, all_letters=True)
+        if any(v is None for v in emission):
+            raise ValueError(f"init_params={self.init_params!r} leaves the emission parameters "
+                             "to you: set them before fit, or add their letters to init_params.")
         return HMMParams(jnp.asarray(self.startprob_, dtype), jnp.asarray(self.transmat_, dtype),
-                         self._given_emission(dtype, all_letters=True))
+                         emission)
 
     def _run(self, fn, X, lengths):
         X, x, w, lengths = self._prepare(X, lengths, fitting=False)

@@ -132,9 +132,10 @@ class HMM:
     def init(self, key, x, weights, n_components, method="kmeans") -> HMMParams:
         """Dirichlet(1) start and transition rows; the emission's own start."""
         k_s, k_t, k_e = jax.random.split(key, 3)
-        ones = jnp.ones(n_components, x.dtype)
-        startprob = jax.random.dirichlet(k_s, ones)
-        transmat = jax.random.dirichlet(k_t, ones, (n_components,))
+        # Dirichlet(1) = normalised Exp(1) draws (jax.random.dirichlet's gamma sampler is
+        # slow to compile).
+        startprob = _normalise(jax.random.exponential(k_s, (n_components,), x.dtype))
+        transmat = _normalise(jax.random.exponential(k_t, (n_components,) * 2, x.dtype))
         if weights is None:
             weights = jnp.ones(x.shape[0], x.dtype)
         emission = self.emission.init(k_e, x, weights, n_components, method)
