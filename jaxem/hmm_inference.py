@@ -7,8 +7,9 @@ Shapes, ``T`` steps and ``K`` states:
 * ``initial_probs (K,)``, ``transition_matrix (K, K)`` (rows sum to 1),
 * ``log_likelihoods (T, K)``: ``log p(x_t | z_t = k)``,
 * ``mask (T,)`` bool, optional: ``False`` marks *trailing* padding. A padded step has
-  log-likelihood 0 and an identity transition into it, so it changes neither the
-  log-normaliser nor the marginals of the real steps, and it holds no transition.
+  log-likelihood 0 (an unobserved step), so it changes neither the log-normaliser nor the
+  marginals of the real steps, and its transitions are not counted; Viterbi gives it an
+  identity transition so that it cannot sway the decoded real steps.
 
 Two implementations of the forward-backward pass give the same numbers:
 
@@ -24,7 +25,7 @@ Viterbi decoding likewise (:func:`viterbi`, :func:`parallel_viterbi`), and
 
 >>> import jax.numpy as jnp
 >>> pi = jnp.array([0.6, 0.4]); A = jnp.array([[0.9, 0.1], [0.2, 0.8]])
->>> ll = jnp.log(jnp.array([[0.5, 0.1], [0.4, 0.3], [0.1, 0.6]]))
+>>> ll = jnp.log(jnp.array([[0.5, 0.1], [0.4, 0.3], [0.01, 0.9]]))
 >>> post = forward_backward(pi, A, ll)
 >>> post.smoothed.shape, post.trans_counts.shape
 ((3, 2), (2, 2))
@@ -36,6 +37,7 @@ True
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -80,37 +82,44 @@ def _normalise(p, axis=-1):
     return p / jnp.where(s > 0, s, 1.0)
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames=("unroll",))
 def forward_backward(initial_probs: Array, transition_matrix: Array,
-                     log_likelihoods: Array, mask: Array | None = None) -> HMMPosterior:
-    """Scaled forward-backward under ``lax.scan`` (see the module docstring for shapes)."""
-    b, shift, mask = _prepare(log_likelihoods, mask)
-    eye = jnp.eye(transition_matrix.shape[0], dtype=b.dtype)
+                     log_likelihoods: Array, mask: Array | None = None,
+                     unroll: int = 4) -> HMMPosterior:
+    """Scaled forward-backward under ``lax.scan`` (see the module docstring for shapes).
 
-    def forward(alpha, inp):
-        b_t, m_t = inp
-        pred = alpha @ jnp.where(m_t, transition_matrix, eye)
-        alpha = pred * b_t
+    Trailing padding needs no special transition here: with emission likelihood 1 a
+    padded step multiplies the forward message by ``A`` (a prediction, normaliser 1) and
+    leaves the backward message at 1, so ``A`` is used on every step and ``vmap`` over
+    sequences keeps each step one ``(S, K) @ (K, K)`` matrix product.
+    """
+    b, shift, mask = _prepare(log_likelihoods, mask)
+    a = transition_matrix
+
+    # The backward messages are normalised by their own sum (their scale cancels in the
+    # smoothed marginals and in each xi_t), so they do not wait for the forward
+    # normalisers and both passes share one scan: half the loop overhead.
+    def both(carry, inp):
+        alpha, beta = carry
+        b_fwd, b_bwd = inp  # b_t for the forward pass, b_{T-t} for the backward pass
+        alpha = (alpha @ a) * b_fwd
         c = jnp.sum(alpha)
-        return alpha / c, (alpha / c, c)
+        alpha = alpha / c
+        beta = a @ (b_bwd * beta)
+        beta = beta / jnp.sum(beta)
+        return (alpha, beta), (alpha, c, beta)
 
     alpha0 = initial_probs * b[0]
     c0 = jnp.sum(alpha0)
     alpha0 = alpha0 / c0
-    _, (alphas, cs) = jax.lax.scan(forward, alpha0, (b[1:], mask[1:]))
+    ones = jnp.ones_like(alpha0)
+    _, (alphas, cs, betas) = jax.lax.scan(both, (alpha0, ones), (b[1:], b[:0:-1]),
+                                          unroll=unroll)
     alphas = jnp.concatenate([alpha0[None], alphas])
     cs = jnp.concatenate([c0[None], cs])
-
-    def backward(beta, inp):
-        b_t, c_t, m_t = inp  # of step t + 1
-        beta = jnp.where(m_t, transition_matrix, eye) @ (b_t * beta) / c_t
-        return beta, beta
-
-    ones = jnp.ones_like(alpha0)
-    _, betas = jax.lax.scan(backward, ones, (b[1:], cs[1:], mask[1:]), reverse=True)
-    betas = jnp.concatenate([betas, ones[None]])
+    betas = jnp.concatenate([betas[::-1], ones[None]])
     smoothed = _normalise(alphas * betas)
-    trans = _trans_counts(alphas, transition_matrix, b * betas, mask)
+    trans = _trans_counts(alphas, a, b * betas, mask)
     log_norm = jnp.sum(jnp.log(cs)) + jnp.sum(shift)
     return HMMPosterior(log_norm, alphas, smoothed, trans)
 
@@ -127,11 +136,10 @@ def _matmul_normalised(a, b):
 
 def _elements(initial_probs, transition_matrix, b, mask):
     """``M_0 = 1 (pi * b_0)^T`` (equal rows) and ``M_t = A_t diag(b_t)``, normalised."""
+    del mask  # padded steps have b = 1: A alone is right there (see forward_backward)
     k = transition_matrix.shape[0]
-    eye = jnp.eye(k, dtype=b.dtype)
-    a_t = jnp.where(mask[1:, None, None], transition_matrix, eye)
     m = jnp.concatenate([jnp.broadcast_to(initial_probs * b[0], (1, k, k)),
-                         a_t * b[1:, None, :]])
+                         transition_matrix * b[1:, None, :]])
     n = jnp.max(m, axis=(1, 2))
     n = jnp.where(n > 0, n, 1.0)
     return m / n[:, None, None], jnp.log(n)
@@ -225,17 +233,17 @@ def sample_posterior(key: Array, initial_probs: Array, transition_matrix: Array,
                      log_likelihoods: Array, mask: Array | None = None) -> Array:
     """One state path ``(T,)`` from ``p(z_{1:T} | x_{1:T})`` (forward filter, backward sample)."""
     t = log_likelihoods.shape[0]
-    mask = jnp.ones(t, bool) if mask is None else jnp.asarray(mask, bool)
+    # Padded steps are unobserved states of the same chain: sampling them with A keeps
+    # the real steps' joint posterior exact.
     alphas = forward_backward(initial_probs, transition_matrix, log_likelihoods, mask).filtered
-    eye = jnp.eye(transition_matrix.shape[0], dtype=alphas.dtype)
     keys = jax.random.split(key, t)
     last = jax.random.categorical(keys[-1], jnp.log(alphas[-1])).astype(jnp.int32)
 
     def step(state, inp):
-        key_t, alpha_t, m_next = inp
-        a = jnp.where(m_next, transition_matrix, eye)
-        prev = jax.random.categorical(key_t, jnp.log(alpha_t * a[:, state])).astype(jnp.int32)
+        key_t, alpha_t = inp
+        logits = jnp.log(alpha_t * transition_matrix[:, state])
+        prev = jax.random.categorical(key_t, logits).astype(jnp.int32)
         return prev, prev
 
-    _, states = jax.lax.scan(step, last, (keys[:-1], alphas[:-1], mask[1:]), reverse=True)
+    _, states = jax.lax.scan(step, last, (keys[:-1], alphas[:-1]), reverse=True)
     return jnp.concatenate([states, last[None]])

@@ -30,7 +30,7 @@ def _start(rng, d, ct):
                 means_=rng.normal(size=(K, d)) * 3, covars_=covs)
 
 
-def _fit_both(ours, ref, start, x, n_iter):
+def _fit_both(ours, ref, start, x, n_iter, check_score=False):
     for m in (ours, ref):
         m.set_params(n_iter=n_iter, init_params="")
         for name, value in start.items():
@@ -42,9 +42,9 @@ def _fit_both(ours, ref, start, x, n_iter):
         ref.fit(x, LENGTHS)
     with jax.enable_x64(True):
         ours.fit(x, LENGTHS)
-        score = ours.score(x, LENGTHS)
+        if check_score:  # once: each score compiles another forward-backward
+            np.testing.assert_allclose(ours.score(x, LENGTHS), ref.score(x, LENGTHS), rtol=1e-6)
     np.testing.assert_allclose(ours.monitor_.history, ref.monitor_.history, rtol=1e-6)
-    np.testing.assert_allclose(score, ref.score(x, LENGTHS), rtol=1e-6)
     np.testing.assert_allclose(ours.startprob_, ref.startprob_, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(ours.transmat_, ref.transmat_, rtol=1e-6, atol=1e-12)
 
@@ -58,7 +58,7 @@ def test_gaussian_matches_hmmlearn(ct):
                   covars_prior=0.2, covars_weight=4.0) if ct == "diag" else {}
     ours = GaussianHMM(K, covariance_type=ct, **priors)
     ref = hl.GaussianHMM(K, covariance_type=ct, **priors)
-    _fit_both(ours, ref, start, x, n_iter=4)
+    _fit_both(ours, ref, start, x, n_iter=4, check_score=ct == "full")
     np.testing.assert_allclose(ours.means_, ref.means_, rtol=1e-6)
     ref_covars = ref._covars_[:, 0] if ct == "spherical" else ref._covars_  # (K, D) tiled
     np.testing.assert_allclose(ours._covars_, ref_covars, rtol=1e-6, atol=1e-12)

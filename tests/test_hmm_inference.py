@@ -86,7 +86,10 @@ def test_posterior_samples_follow_the_enumerated_posterior():
     _, _, _, paths, lp = _enumerate(pi, a, ll)
     probs = np.exp(lp - np.logaddexp.reduce(lp))
     keys = jax.random.split(jax.random.key(0), n)
-    draws = np.asarray(jax.vmap(hi.sample_posterior, (0, None, None, None))(keys, pi, a, ll))
+    ll_pad = np.concatenate([ll, np.full((2, k), 7.0)])  # two padded steps, ignored
+    mask = np.arange(t + 2) < t
+    draws = jax.vmap(hi.sample_posterior, (0, None, None, None, None))(keys, pi, a, ll_pad, mask)
+    draws = np.asarray(draws)[:, :t]
     index = (draws * k ** np.arange(t - 1, -1, -1)).sum(axis=1)  # path -> row of `paths`
     freq = np.bincount(index, minlength=k ** t) / n
     # 5 binomial standard deviations per path
