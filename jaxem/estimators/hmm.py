@@ -11,10 +11,11 @@ same priors and defaults (so with the same starting parameters the fits agree).
 Differences: convergence is ``|gain| <= tol`` (hmmlearn: ``gain < tol``); starting
 transition rows are Dirichlet(1) draws (hmmlearn: Dirichlet(1/K)).
 
->>> import numpy as np, jaxem
+>>> import numpy as np
+>>> from jaxem.estimators.hmm import GaussianHMM
 >>> rng = np.random.default_rng(0)
 >>> X = np.concatenate([rng.normal(0, 1, (50, 1)), rng.normal(5, 1, (50, 1))])
->>> model = jaxem.estimators.hmm.GaussianHMM(n_components=2, n_iter=20, random_state=0)
+>>> model = GaussianHMM(n_components=2, n_iter=20, random_state=0)
 >>> model = model.fit(X, lengths=[60, 40])
 >>> sorted(np.round(model.means_[:, 0]).tolist())
 [0.0, 5.0]
