@@ -182,9 +182,10 @@ def _check_data(x, weights, n_components):
 
 def _broadcast_init(family, params, x, n_init, n_components):
     """Give explicit starting parameters the leading ``(B, n_init)`` axes."""
+    init_fn = getattr(family, "init", None) or functools.partial(initialize, family)
     reference = jax.eval_shape(
-        lambda: initialize(family, jax.random.key(0), x[0], jnp.ones(x.shape[1], x.dtype),
-                           n_components, "random"))
+        lambda: init_fn(jax.random.key(0), x[0], jnp.ones(x.shape[1], x.dtype),
+                        n_components, "random"))
     batch = (x.shape[0], n_init)
 
     def expand(a, ref):

@@ -1,0 +1,229 @@
+"""Emission models of a hidden Markov model: per-state densities, additive statistics, M-step.
+
+An emission model has
+
+* ``log_likelihoods(params, x (n, D)) -> (n, K)``: ``log p(x_n | z_n = k)``,
+* ``stats(x, resp) -> stats``: additive over rows (``resp (n, K)`` carries the weights),
+* ``m_step(stats, params, update) -> params``: hmmlearn 0.3.3's M-step with its priors,
+  keeping the current values of parameters whose letter is not in ``update``,
+* ``init(key, x, weights, n_components, method) -> params`` and
+  ``sample(key, params, states (n,)) -> x (n, D)``.
+
+Hyper-parameters (priors) are traced data fields: changing them does not recompile.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxem.families.base import family
+from jaxem.families.gaussian import COVARIANCE_TYPES, Gaussian, GaussianParams
+from jaxem.init import initial_resp
+
+Array = jax.Array
+
+
+# -- Gaussian ----------------------------------------------------------------------------------
+class GaussianEmissionParams(NamedTuple):
+    means: Array  # (K, D)
+    precisions_cholesky: Array  # as jaxem.families.gaussian (scikit-learn's storage)
+
+
+@family(static=("covariance_type",))
+class GaussianEmission:
+    """Gaussian emissions; the priors are hmmlearn's ``GaussianHMM`` ones (same defaults).
+
+    ``means_prior``/``means_weight``: Normal prior on the means; ``covars_prior``/
+    ``covars_weight``: (inverse-)Wishart/Gamma prior on the covariances, used exactly as
+    hmmlearn uses them (``covars_prior`` is *added to every entry* of a full covariance
+    numerator). ``min_covar`` is added to the diagonal of the starting covariance.
+    """
+
+    covariance_type: str = "diag"
+    means_prior: float | Array = 0.0
+    means_weight: float | Array = 0.0
+    covars_prior: float | Array = 1e-2
+    covars_weight: float | Array = 1.0
+    min_covar: float | Array = 1e-3
+
+    letters = "mc"
+
+    def __post_init__(self):
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"Invalid covariance_type {self.covariance_type!r}: "
+                             f"use one of {', '.join(COVARIANCE_TYPES)}.")
+
+    @property
+    def _gaussian(self) -> Gaussian:
+        return Gaussian(self.covariance_type)
+
+    def log_likelihoods(self, params: GaussianEmissionParams, x: Array) -> Array:
+        k = params.means.shape[0]
+        ones = jnp.ones(k, params.means.dtype)  # log 1 = 0: log_joint is the density
+        return self._gaussian.log_joint(GaussianParams(ones, *params), x)
+
+    def stats(self, x: Array, resp: Array):
+        return self._gaussian.stats(x, resp)
+
+    def covariances(self, params: GaussianEmissionParams) -> Array:
+        """hmmlearn's ``_covars_`` storage (``spherical``: ``(K,)``)."""
+        return self._gaussian.covariances(GaussianParams(None, *params))
+
+    def from_covariances(self, means: Array, covars: Array) -> GaussianEmissionParams:
+        return GaussianEmissionParams(
+            means, self._gaussian.precisions_cholesky_from(covariances=covars))
+
+    def m_step(self, stats, params: GaussianEmissionParams, update: str):
+        post, obs, obs2 = stats.counts, stats.sum_x, stats.sum_xx
+        mp, mw, cp, cw = self.means_prior, self.means_weight, self.covars_prior, self.covars_weight
+        d = obs.shape[-1]
+        means = ((mw * mp + obs) / (mw + post[:, None])) if "m" in update else params.means
+        if "c" not in update:
+            return params._replace(means=means)
+        md = means - mp
+        ct = self.covariance_type
+        if ct == "diag":
+            c_n = mw * md**2 + obs2 - 2 * means * obs + means**2 * post[:, None]
+            c_d = jnp.maximum(cw - 1, 0) + post[:, None]
+            cov = (cp + c_n) / jnp.maximum(c_d, 1e-5)
+        elif ct == "spherical":  # hmmlearn: the diag estimate averaged over features
+            c_n = (jnp.sum(mw * md**2, axis=1) + obs2 - 2 * jnp.sum(means * obs, axis=1)
+                   + jnp.sum(means**2, axis=1) * post)
+            cov = (cp + c_n / d) / jnp.maximum(jnp.maximum(cw - 1, 0) + post, 1e-5)
+        else:
+            outer = lambda a, b: a[..., :, None] * b[..., None, :]
+            mo = outer(obs, means)
+            c_n = (mw * outer(md, md) - mo - jnp.swapaxes(mo, -1, -2)
+                   + outer(means, means) * post[:, None, None])
+            cvw = jnp.maximum(cw - d, 0)
+            if ct == "full":
+                cov = (cp + c_n + obs2) / (cvw + post[:, None, None])
+            else:  # tied: obs2 is already summed over states
+                cov = (cp + jnp.sum(c_n, axis=0) + obs2) / (cvw + jnp.sum(post))
+        return self.from_covariances(means, cov)
+
+    def init(self, key, x, weights, n_components, method="kmeans"):
+        """Means from ``method`` (k-means by default, as hmmlearn); every covariance the
+        weighted data covariance plus ``min_covar`` (hmmlearn's start)."""
+        resp = initial_resp(key, x, weights, n_components, method) * weights[:, None]
+        s = self._gaussian.stats(x, resp)
+        means = s.sum_x / jnp.maximum(s.counts, 1e-10)[:, None]
+        w = weights / jnp.sum(weights)
+        xc = x - w @ x
+        # np.cov's unbiased normaliser, with weights: sum w / (sum w - 1) for unit weights.
+        n_eff = jnp.sum(weights)
+        cv = (xc * w[:, None]).T @ xc * (n_eff / jnp.maximum(n_eff - 1, 1.0))
+        cv = cv + self.min_covar * jnp.eye(x.shape[1], dtype=x.dtype)
+        ct = self.covariance_type
+        covs = {"full": jnp.broadcast_to(cv, (n_components,) + cv.shape),
+                "tied": cv,
+                "diag": jnp.broadcast_to(jnp.diag(cv), means.shape),
+                "spherical": jnp.full(n_components, jnp.mean(cv), x.dtype)}[ct]
+        return self.from_covariances(means, covs)
+
+    def sample(self, key, params: GaussianEmissionParams, states: Array) -> Array:
+        mu, p = params.means, params.precisions_cholesky
+        eps = jax.random.normal(key, (states.shape[0], mu.shape[1]), mu.dtype)
+        ct = self.covariance_type
+        if ct in ("full", "tied"):
+            p = p[states] if ct == "full" else jnp.broadcast_to(p, (states.shape[0],) + p.shape)
+            step = jnp.linalg.solve(jnp.swapaxes(p, -1, -2), eps[..., None])[..., 0]
+        elif ct == "diag":
+            step = eps / p[states]
+        else:
+            step = eps / p[states][:, None]
+        return mu[states] + step
+
+    def translate(self, params: GaussianEmissionParams, shift: Array) -> GaussianEmissionParams:
+        return params._replace(means=params.means + shift)
+
+
+# -- categorical -------------------------------------------------------------------------------
+class CategoricalEmissionParams(NamedTuple):
+    emissionprob: Array  # (K, n_symbols)
+
+
+class CategoricalStats(NamedTuple):
+    obs: Array  # (K, n_symbols) expected symbol counts
+
+
+@family(static=("n_symbols",))
+class CategoricalEmission:
+    """Discrete symbols ``0 .. n_symbols - 1`` in ``x (n, 1)``; Dirichlet prior as hmmlearn's."""
+
+    n_symbols: int
+    emissionprob_prior: float | Array = 1.0
+
+    letters = "e"
+
+    def _one_hot(self, x, dtype):
+        return jax.nn.one_hot(x[:, 0].astype(jnp.int32), self.n_symbols, dtype=dtype)
+
+    def log_likelihoods(self, params, x):
+        return jnp.log(params.emissionprob).T[x[:, 0].astype(jnp.int32)]
+
+    def stats(self, x, resp):
+        return CategoricalStats(resp.T @ self._one_hot(x, resp.dtype))
+
+    def m_step(self, stats, params, update):
+        if "e" not in update:
+            return params
+        p = jnp.maximum(self.emissionprob_prior - 1 + stats.obs, 0)
+        s = jnp.sum(p, axis=1, keepdims=True)
+        return CategoricalEmissionParams(p / jnp.where(s == 0, 1, s))
+
+    def init(self, key, x, weights, n_components, method=None):
+        p = jax.random.uniform(key, (n_components, self.n_symbols), x.dtype)
+        return CategoricalEmissionParams(p / jnp.sum(p, axis=1, keepdims=True))
+
+    def sample(self, key, params, states):
+        logits = jnp.log(params.emissionprob)[states]
+        return jax.random.categorical(key, logits)[:, None]
+
+
+# -- Poisson -----------------------------------------------------------------------------------
+class PoissonEmissionParams(NamedTuple):
+    lambdas: Array  # (K, D)
+
+
+class PoissonStats(NamedTuple):
+    post: Array  # (K,)
+    obs: Array  # (K, D)
+
+
+@family
+class PoissonEmission:
+    """Independent Poisson counts per feature; Gamma prior exactly as hmmlearn's."""
+
+    lambdas_prior: float | Array = 0.0
+    lambdas_weight: float | Array = 0.0
+
+    letters = "l"
+
+    def log_likelihoods(self, params, x):
+        lam = params.lambdas
+        return (x @ jnp.log(lam).T - jnp.sum(lam, axis=1)
+                - jnp.sum(jax.scipy.special.gammaln(x + 1), axis=1, keepdims=True))
+
+    def stats(self, x, resp):
+        return PoissonStats(jnp.sum(resp, axis=0), resp.T @ x)
+
+    def m_step(self, stats, params, update):
+        if "l" not in update:
+            return params
+        n = jnp.sum(stats.post)  # hmmlearn uses the total, not the per-state, count here
+        y_bar = stats.obs / stats.post[:, None]
+        return PoissonEmissionParams((self.lambdas_prior + n * y_bar) / (self.lambdas_weight + n))
+
+    def init(self, key, x, weights, n_components, method=None):
+        """Gamma draws matching the data's mean and variance (hmmlearn's start)."""
+        w = weights[:, None] * jnp.ones_like(x)
+        mean = jnp.sum(w * x) / jnp.sum(w)
+        var = jnp.sum(w * (x - mean) ** 2) / jnp.sum(w)
+        g = jax.random.gamma(key, mean**2 / var, (n_components, x.shape[1]), x.dtype)
+        return PoissonEmissionParams(g * var / mean)
+
+    def sample(self, key, params, states):
+        return jax.random.poisson(key, params.lambdas[states]).astype(params.lambdas.dtype)
