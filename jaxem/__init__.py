@@ -1,9 +1,9 @@
 """jaxem: latent-variable models fitted by EM on JAX, batched over restarts and data sets."""
-from jaxem import datasets, em, families
+from jaxem import datasets, em, families, hmm_inference
 from jaxem.batch import FitError, FitResult, fit
 from jaxem.compare import compare
 from jaxem.em import EMResult, e_step, em_step, log_likelihood, m_step, responsibilities, run
-from jaxem.estimators import GaussianMixture, KMeans
+from jaxem.estimators import CategoricalHMM, GaussianHMM, GaussianMixture, KMeans, PoissonHMM
 from jaxem.families import gaussian, kmeans
 from jaxem.gradient import fit_gradient
 from jaxem.init import initialize, kmeans_plusplus
@@ -11,7 +11,8 @@ from jaxem.init import initialize, kmeans_plusplus
 __version__ = "0.1.0"
 
 __all__ = [
-    "EMResult", "FitError", "FitResult", "GaussianMixture", "KMeans", "compare", "datasets",
-    "e_step", "em", "em_step", "families", "fit", "fit_gradient", "gaussian", "initialize",
-    "kmeans", "kmeans_plusplus", "log_likelihood", "m_step", "responsibilities", "run",
+    "CategoricalHMM", "EMResult", "FitError", "FitResult", "GaussianHMM", "GaussianMixture",
+    "KMeans", "PoissonHMM", "compare", "datasets", "e_step", "em", "em_step", "families",
+    "fit", "fit_gradient", "gaussian", "hmm_inference", "initialize", "kmeans",
+    "kmeans_plusplus", "log_likelihood", "m_step", "responsibilities", "run",
 ]

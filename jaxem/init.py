@@ -67,7 +67,7 @@ def initial_resp(key: jax.Array, x: jax.Array, weights: jax.Array, n_components:
         idx = kmeans_plusplus(key, x, weights, k)
     else:
         raise ValueError(f"Unknown init method {method!r}: use one of {', '.join(INIT_METHODS)}.")
-    one_per_seed = jnp.zeros((n, k), x.dtype).at[idx, jnp.arange(k)].set(1.0)
+    one_per_seed = jnp.zeros((n, k), x.dtype).at[idx, jnp.arange(k, dtype=idx.dtype)].set(1.0)
     if method != "kmeans":
         return one_per_seed
     fam = KMeans()

@@ -6,6 +6,8 @@ from importlib import resources
 
 import numpy as np
 
+from jaxem.datasets.geyser import load_geyser  # noqa: F401
+
 
 def load_faithful() -> np.ndarray:
     """Old Faithful eruptions (R's ``datasets::faithful``): ``(272, 2)`` float32.

@@ -6,9 +6,12 @@ from jaxem.families.gaussian import (
     GaussianStats,
     gaussian,
 )
+from jaxem.families.emissions import CategoricalEmission, GaussianEmission, PoissonEmission
+from jaxem.families.hmm import HMM, HMMParams, HMMStats, hmm, pad_sequences
 from jaxem.families.kmeans import KMeans, KMeansParams, KMeansStats, kmeans
 
 __all__ = [
     "COVARIANCE_TYPES", "Gaussian", "GaussianParams", "GaussianStats", "gaussian",
-    "KMeans", "KMeansParams", "KMeansStats", "kmeans",
+    "KMeans", "KMeansParams", "KMeansStats", "kmeans", "HMM", "HMMParams", "HMMStats", "hmm",
+    "pad_sequences", "CategoricalEmission", "GaussianEmission", "PoissonEmission",
 ]
