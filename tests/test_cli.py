@@ -12,6 +12,7 @@ def test_demo_prints_fit_and_writes_figure(tmp_path, capsys):
     assert cli.main(["demo", "--n-init", "8", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "8 restarts" in text and "component 1" in text and "compile time excluded" in text
+    assert "EM versus gradient ascent" in text and "lbfgs" in text
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
