@@ -55,7 +55,9 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
       init: one of ``"kmeans"``, ``"k-means++"``, ``"random"``, ``"random_from_data"``,
         or explicit starting parameters (one instance's, broadcast, or with leading
         ``(n_init,)`` or ``(n_datasets, n_init)`` axes).
-      chunk_size: rows per chunk of the E-step (bounds memory), ``None``: all rows.
+      chunk_size: rows per chunk of the E-step (bounds memory). ``None``: all rows for a
+        single instance, cache-sized chunks when restarts or data sets are batched
+        (see :func:`auto_chunk_size`).
       check: raise :class:`FitError` if every restart of some data set failed.
 
     >>> import jax, jaxem
@@ -78,6 +80,8 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     else:
         method, params0 = None, _broadcast_init(family, init, x, n_init, n_components)
     keys = jax.random.split(key, x.shape[0] * n_init).reshape(x.shape[0], n_init)
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(x.shape, n_init, n_components)
     result = _fit(family, x, weights, keys, params0, tol, n_components=n_components,
                   method=method, max_iter=max_iter, chunk_size=chunk_size)
     if check and bool(jnp.any(result.failed)):
@@ -90,6 +94,23 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     if single:
         result = jax.tree.map(lambda a: a[0], result)
     return result
+
+
+def auto_chunk_size(shape, n_init: int, n_components: int) -> int | None:
+    """Rows per E-step chunk when the caller gave none: ``shape`` is ``(B, n, D)``.
+
+    With ``B * n_init`` instances vmapped, each chunk's intermediates are about
+    ``B * n_init * chunk * K * D`` numbers; past the CPU caches they made the batched
+    E-step several times slower per instance than a single one (measured: 8 restarts
+    of N=20000, D=K=8 ran 2x faster in chunks of 1024 rows than unchunked). A single
+    instance is fastest unchunked.
+    """
+    n_batch, n, d = shape
+    instances = n_batch * n_init
+    if instances == 1:
+        return None
+    rows = max(256, 2**19 // (instances * n_components * d))
+    return None if rows >= n else int(rows)
 
 
 @functools.partial(jax.jit, static_argnames=("n_components", "method", "max_iter", "chunk_size"))
