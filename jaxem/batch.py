@@ -55,9 +55,8 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
       init: one of ``"kmeans"``, ``"k-means++"``, ``"random"``, ``"random_from_data"``,
         or explicit starting parameters (one instance's, broadcast, or with leading
         ``(n_init,)`` or ``(n_datasets, n_init)`` axes).
-      chunk_size: rows per chunk of the E-step (bounds memory). ``None``: all rows for a
-        single instance, cache-sized chunks when restarts or data sets are batched
-        (see :func:`auto_chunk_size`).
+      chunk_size: rows per chunk of the E-step (bounds memory). ``None``: chosen by
+        :func:`auto_chunk_size` (all rows when the intermediates fit in cache).
       check: raise :class:`FitError` if every restart of some data set failed.
 
     >>> import jax, jaxem
@@ -99,18 +98,18 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
 def auto_chunk_size(shape, n_init: int, n_components: int) -> int | None:
     """Rows per E-step chunk when the caller gave none: ``shape`` is ``(B, n, D)``.
 
-    With ``B * n_init`` instances vmapped, each chunk's intermediates are about
-    ``B * n_init * chunk * K * D`` numbers; past the CPU caches they made the batched
-    E-step several times slower per instance than a single one (measured: 8 restarts
-    of N=20000, D=K=8 ran 2x faster in chunks of 1024 rows than unchunked). A single
-    instance is fastest unchunked.
+    The E-step's intermediates are up to ``B * n_init * rows * K * D`` numbers (the
+    full-covariance ``log_joint``). Past the CPU caches they make EM several times
+    slower, so rows are processed in chunks of about 2**20 such numbers, unless that
+    would give fewer than two chunks (then the scan only adds overhead). Measured on
+    a 2-core Xeon, float32, CPU time: 8 restarts of N=20000, D=K=8 full, 50
+    iterations 2.20 -> 1.23 s; N=10**6, D=K=16 diag, 10 iterations 2.97 -> ~1.9 s;
+    a single N=20000, D=K=8 full fit stays unchunked (its fastest).
     """
     n_batch, n, d = shape
-    instances = n_batch * n_init
-    if instances == 1:
-        return None
-    rows = max(256, 2**19 // (instances * n_components * d))
-    return None if rows >= n else int(rows)
+    per_row = n_batch * n_init * n_components * d
+    rows = max(256, 2**20 // per_row)
+    return None if 2 * rows > n else int(rows)
 
 
 @functools.partial(jax.jit, static_argnames=("n_components", "method", "max_iter", "chunk_size"))
