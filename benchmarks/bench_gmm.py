@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxem
+import jaxem.batch
 from jaxem.families import GaussianParams
 
 try:
@@ -57,7 +58,7 @@ def workloads(quick: bool) -> list[dict]:
         dict(name="N=20k D=8 K=8 full, 50 it, n_init=8", n=20_000, d=8, k=8, ct="full",
              iters=50, n_init=8),
         dict(name="N=1M D=16 K=16 diag, 10 it, n_init=1", n=1_000_000, d=16, k=16, ct="diag",
-             iters=10, n_init=1, chunk_size=65_536),
+             iters=10, n_init=1),
     ]
 
 
@@ -326,16 +327,21 @@ UNCOMPARABLE: dict[str, str] = {}  # peers that cannot be run on equal terms, an
 
 # -- timing -------------------------------------------------------------------------
 def time_calls(fn, repeats: int, warm: bool):
-    """``(first call s, [repeat s...], last output)``; ``warm``: the first call compiles."""
-    t0 = time.perf_counter()
+    """``(first call s, [wall s...], [process CPU s...], last output)``.
+
+    ``warm``: the first call compiles and is not one of the repeats. CPU time (all
+    threads of this process) is reported too: other jobs shared the machine.
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    first = time.perf_counter() - t0
-    times = [] if warm else [first]
+    first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
+    times, cpu = ([], []) if warm else ([first], [first_cpu])
     for _ in range(repeats - len(times)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - t0)
-    return first, times, out
+        cpu.append(time.process_time() - c0)
+    return first, times, cpu, out
 
 
 def versions() -> dict:
@@ -404,17 +410,18 @@ def run(args) -> dict:
             continue
         if impl.startswith("jaxem"):
             runner = JaxemRunner(w, x, starts, np.float32 if "32" in impl else np.float64)
-            row["chunk_size"] = w.get("chunk_size")
+            row["chunk_size"] = w.get("chunk_size") or jaxem.batch.auto_chunk_size(
+                (1, w["n"], w["d"]), w["n_init"], w["k"])
             warm = True
         else:
             runner = peer_runner(impl, w, x, starts)
             warm = impl == "gmmx"
         # Slow single-threaded peers get fewer repeats of the long workloads.
         reps = args.repeats if (impl.startswith("jaxem") or impl == "gmmx") else args.peer_repeats
-        first, times, out = time_calls(runner, reps, warm)
+        first, times, cpu, out = time_calls(runner, reps, warm)
         checks = runner.check(out)
         row.update(first_call_s=first, times_s=times, best_s=min(times),
-                   median_s=statistics.median(times),
+                   median_s=statistics.median(times), cpu_s=cpu, best_cpu_s=min(cpu),
                    compile_s=max(first - min(times), 0.0) if warm else None,
                    n_iter=[c[1] for c in checks], final_ll=[c[0] for c in checks],
                    reported_ll=[c[2] for c in checks])
@@ -433,6 +440,7 @@ def run(args) -> dict:
                     np.array(r["final_ll"]) - np.array(sk["final_ll"]))))
             if jx and "best_s" in jx:
                 r["time_over_jaxem_f32"] = r["best_s"] / jx["best_s"]
+                r["cpu_over_jaxem_f32"] = r["best_cpu_s"] / jx["best_cpu_s"]
     meta = dict(machine=machine(), versions=versions(), repeats=args.repeats,
                 peer_repeats=args.peer_repeats, quick=args.quick)
     meta["machine"]["load_average_end"] = list(os.getloadavg())
@@ -453,32 +461,36 @@ def markdown(res: dict) -> str:
         "(checked), best of "
         f"{res['meta']['repeats']} calls for jaxem/gmmx (after a compiling first call) and of "
         f"{res['meta']['peer_repeats']} for the others. *first call* includes jaxem/gmmx's "
-        "compilation. *Δ LL* is the largest difference, over starts, of the float64 mean "
+        "compilation. *CPU s* is the process CPU time of the best-CPU call (all threads; a "
+        "guard against other jobs on the machine). *Δ LL* is the largest difference, over starts, of the float64 mean "
         "log-likelihood at the final parameters from scikit-learn's. *× jaxem* is the "
-        "implementation's best time over jaxem float32's (larger = jaxem faster).",
+        "implementation's best wall time over jaxem float32's (larger = jaxem faster), "
+        "*× jaxem (CPU)* the same for CPU time.",
         "",
     ]
     for wname in dict.fromkeys(r["workload"] for r in res["rows"]):
         lines += [f"## {wname}", "",
-                  "| implementation | best s | median s | first call s | iterations | "
-                  "final mean LL | Δ LL vs sklearn | × jaxem |",
-                  "|---|---:|---:|---:|---|---:|---:|---:|"]
+                  "| implementation | best s | median s | CPU s | first call s | iterations | "
+                  "final mean LL | Δ LL vs sklearn | × jaxem | × jaxem (CPU) |",
+                  "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
         for r in res["rows"]:
             if r["workload"] != wname:
                 continue
             name = r["impl"] + (f" (chunk_size={r['chunk_size']})" if r.get("chunk_size") else "")
             if "best_s" not in r:
-                lines.append(f"| {name} | – | – | – | – | – | – | {r.get('note', '')} |")
+                lines.append(f"| {name} | – | – | – | – | – | – | – | – | {r.get('note', '')} |")
                 continue
             its = sorted(set(r["n_iter"]))
             its = f"{its[0]}" if len(its) == 1 else f"{its}"
             if r["n_init"] > 1:
                 its += f" × {r['n_init']}"
             lines.append(
-                f"| {name} | {r['best_s']:.3f} | {r['median_s']:.3f} | {r['first_call_s']:.3f} | "
+                f"| {name} | {r['best_s']:.3f} | {r['median_s']:.3f} | {r['best_cpu_s']:.3f} | "
+                f"{r['first_call_s']:.3f} | "
                 f"{its} | {r['final_ll'][0]:.6f} | "
                 f"{r.get('max_abs_ll_diff_vs_sklearn', float('nan')):.1e} | "
-                f"{r.get('time_over_jaxem_f32', float('nan')):.1f} |")
+                f"{r.get('time_over_jaxem_f32', float('nan')):.1f} | "
+                f"{r.get('cpu_over_jaxem_f32', float('nan')):.1f} |")
         lines.append("")
     notes = {r["impl"]: r["note"] for r in res["rows"] if r.get("note")}
     if notes:
