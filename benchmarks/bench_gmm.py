@@ -129,7 +129,9 @@ class JaxemRunner:
         w = self.w
         with self.ctx():
             out = jaxem.fit(self.fam, self.x, n_components=w["k"], key=jax.random.key(0),
-                            n_init=w["n_init"], init=self.init, tol=0.0, max_iter=w["iters"],
+                            # tol < 0: never "converged". With tol=0 jaxem stops at an exact
+                            # float fixed point (|change| <= tol), i.e. after fewer iterations.
+                            n_init=w["n_init"], init=self.init, tol=-1.0, max_iter=w["iters"],
                             chunk_size=w.get("chunk_size"))
             return jax.block_until_ready(out)
 
@@ -388,6 +390,7 @@ def run(args) -> dict:
         if w["n"] <= 100_000 and not args.quick:
             plan.append((w, "jaxem float64"))
         plan += [(w, p) for p in peers]
+    load_start = list(os.getloadavg())
     bar = tqdm(plan, desc="bench", unit="run") if tqdm else plan
     rows, data_cache = [], {}
     for i, (w, impl) in enumerate(bar):
@@ -410,8 +413,9 @@ def run(args) -> dict:
             continue
         if impl.startswith("jaxem"):
             runner = JaxemRunner(w, x, starts, np.float32 if "32" in impl else np.float64)
-            row["chunk_size"] = w.get("chunk_size") or jaxem.batch.auto_chunk_size(
-                (1, w["n"], w["d"]), w["n_init"], w["k"])
+            auto = getattr(jaxem.batch, "auto_chunk_size", lambda *a: None)  # older jaxem
+            row["chunk_size"] = w.get("chunk_size") or auto((1, w["n"], w["d"]), w["n_init"],
+                                                            w["k"])
             warm = True
         else:
             runner = peer_runner(impl, w, x, starts)
@@ -443,6 +447,7 @@ def run(args) -> dict:
                 r["cpu_over_jaxem_f32"] = r["best_cpu_s"] / jx["best_cpu_s"]
     meta = dict(machine=machine(), versions=versions(), repeats=args.repeats,
                 peer_repeats=args.peer_repeats, quick=args.quick)
+    meta["machine"]["load_average_start"] = load_start
     meta["machine"]["load_average_end"] = list(os.getloadavg())
     return dict(meta=meta, rows=rows)
 
