@@ -55,7 +55,8 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
       init: one of ``"kmeans"``, ``"k-means++"``, ``"random"``, ``"random_from_data"``,
         or explicit starting parameters (one instance's, broadcast, or with leading
         ``(n_init,)`` or ``(n_datasets, n_init)`` axes).
-      chunk_size: rows per chunk of the E-step (bounds memory), ``None``: all rows.
+      chunk_size: rows per chunk of the E-step (bounds memory). ``None``: chosen by
+        :func:`auto_chunk_size` (all rows when the intermediates fit in cache).
       check: raise :class:`FitError` if every restart of some data set failed.
 
     >>> import jax, jaxem
@@ -70,6 +71,8 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     single = jnp.ndim(x) == 2
     x, weights, keys, method, params0 = _prepare(family, x, weights, key, n_init,
                                                  n_components, init)
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(x.shape, n_init, n_components)
     result = _fit(family, x, weights, keys, params0, tol, n_components=n_components,
                   method=method, max_iter=max_iter, chunk_size=chunk_size)
     return _finish(result, single, check, "EM")
@@ -104,6 +107,23 @@ def _finish(result, single, check, what):
     if single:
         result = jax.tree.map(lambda a: a[0], result)
     return result
+
+
+def auto_chunk_size(shape, n_init: int, n_components: int) -> int | None:
+    """Rows per E-step chunk when the caller gave none: ``shape`` is ``(B, n, D)``.
+
+    The E-step's intermediates are up to ``B * n_init * rows * K * D`` numbers (the
+    full-covariance ``log_joint``). Past the CPU caches they make EM several times
+    slower, so rows are processed in chunks of about 2**20 such numbers, unless that
+    would give fewer than two chunks (then the scan only adds overhead). Measured on
+    a 2-core Xeon, float32, CPU time: 8 restarts of N=20000, D=K=8 full, 50
+    iterations 2.20 -> 1.23 s; N=10**6, D=K=16 diag, 10 iterations 2.97 -> ~1.9 s;
+    a single N=20000, D=K=8 full fit stays unchunked (its fastest).
+    """
+    n_batch, n, d = shape
+    per_row = n_batch * n_init * n_components * d
+    rows = max(256, 2**20 // per_row)
+    return None if 2 * rows > n else int(rows)
 
 
 @functools.partial(jax.jit, static_argnames=("n_components", "method", "max_iter", "chunk_size"))

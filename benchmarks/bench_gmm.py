@@ -1,0 +1,533 @@
+"""Time jaxem's Gaussian-mixture EM against scikit-learn and other EM implementations.
+
+Every implementation gets the same data, the same explicit starting parameters
+(weights, means, precisions) and runs a fixed number of EM iterations (``tol`` set so
+that none stops early; the iteration counts are checked). jaxem and gmmx are timed
+after a first, compiling call (reported separately as "first call"); every timed
+call ends with ``jax.block_until_ready`` on the whole output. The mean
+log-likelihood of each implementation's *final* parameters is evaluated by one
+float64 routine (scikit-learn's), so a difference from scikit-learn's value says
+whether the same work was done.
+
+Usage::
+
+    python benchmarks/bench_gmm.py            # the full run, writes benchmarks/results/
+    python benchmarks/bench_gmm.py --quick    # a tiny smoke run (< 20 s), writes nothing
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+import jaxem
+import jaxem.batch
+from jaxem.families import GaussianParams
+
+try:
+    from tqdm import tqdm
+except ImportError:  # plain prints instead of a progress bar
+    tqdm = None
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PEERS = ("sklearn", "gmmx", "pomegranate", "torchgmm")
+
+
+# -- workloads ------------------------------------------------------------------------
+def workloads(quick: bool) -> list[dict]:
+    if quick:
+        return [dict(name="tiny full, n_init=2", n=2000, d=4, k=3, ct="full", iters=5,
+                     n_init=2)]
+    return [
+        dict(name="N=20k D=8 K=8 full, 50 it, n_init=1", n=20_000, d=8, k=8, ct="full",
+             iters=50, n_init=1),
+        dict(name="N=20k D=8 K=8 full, 50 it, n_init=8", n=20_000, d=8, k=8, ct="full",
+             iters=50, n_init=8),
+        dict(name="N=1M D=16 K=16 diag, 10 it, n_init=1", n=1_000_000, d=16, k=16, ct="diag",
+             iters=10, n_init=1),
+    ]
+
+
+def make_data(w: dict, seed: int = 0):
+    """Samples of a random ``K``-component mixture, and ``n_init`` starting parameters."""
+    rng = np.random.default_rng(seed)
+    n, d, k = w["n"], w["d"], w["k"]
+    centres = rng.normal(0.0, 3.0, (k, d))
+    z = rng.integers(0, k, n)
+    if w["ct"] == "full":
+        a = rng.normal(size=(k, d, d)) / np.sqrt(d)
+        chol = np.linalg.cholesky(a @ a.transpose(0, 2, 1) + 0.2 * np.eye(d))
+        x = centres[z] + np.einsum("nde,ne->nd", chol[z], rng.normal(size=(n, d)))
+    else:
+        x = centres[z] + rng.uniform(0.3, 1.5, (k, d))[z] * rng.normal(size=(n, d))
+    starts = []
+    for _ in range(w["n_init"]):  # random_from_data: data points as means, data covariance
+        means = x[rng.choice(n, k, replace=False)]
+        if w["ct"] == "full":
+            prec = np.broadcast_to(np.linalg.inv(np.cov(x.T)), (k, d, d)).copy()
+        else:
+            prec = np.broadcast_to(1.0 / x.var(0), (k, d)).copy()
+        starts.append(dict(weights=np.full(k, 1.0 / k), means=means, precisions=prec))
+    return x, starts
+
+
+def final_mean_ll(x, ct, weights, means, covariances) -> float:
+    """Mean log-likelihood of ``x`` at the given parameters, in float64 (scikit-learn)."""
+    from sklearn.mixture import GaussianMixture
+    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+    gm = GaussianMixture(len(weights), covariance_type=ct)
+    gm.weights_ = np.asarray(weights, np.float64)
+    gm.means_ = np.asarray(means, np.float64)
+    gm.covariances_ = np.asarray(covariances, np.float64)
+    gm.precisions_cholesky_ = _compute_precision_cholesky(gm.covariances_, ct)
+    return float(gm.score(x))
+
+
+def inv_prec(prec, ct):
+    return np.linalg.inv(prec) if ct == "full" else 1.0 / prec
+
+
+# -- the implementations --------------------------------------------------------------
+# Each returns a list of (mean LL at the final parameters, iterations run) per start
+# and the time of one call; ``setup`` builds what a call needs outside the timing.
+
+class JaxemRunner:
+    def __init__(self, w, x, starts, dtype):
+        self.w, self.dtype = w, dtype
+        self.fam = jaxem.gaussian(w["ct"])
+        self.x64 = x
+        with self.ctx():
+            self.x = jnp.asarray(x, dtype)
+            fam = self.fam
+            stack = lambda key: np.stack([s[key] for s in starts])
+            prec_chol = fam.precisions_cholesky_from(precisions=jnp.asarray(stack("precisions"), dtype))
+            self.init = GaussianParams(jnp.asarray(stack("weights"), dtype),
+                                       jnp.asarray(stack("means"), dtype), prec_chol)
+            if w["n_init"] == 1:
+                self.init = jax.tree.map(lambda a: a[0], self.init)
+            self.init = jax.block_until_ready(self.init)
+
+    def ctx(self):
+        return jax.enable_x64(True) if self.dtype == np.float64 else contextlib.nullcontext()
+
+    def __call__(self):
+        w = self.w
+        with self.ctx():
+            out = jaxem.fit(self.fam, self.x, n_components=w["k"], key=jax.random.key(0),
+                            # tol < 0: never "converged". With tol=0 jaxem stops at an exact
+                            # float fixed point (|change| <= tol), i.e. after fewer iterations.
+                            n_init=w["n_init"], init=self.init, tol=-1.0, max_iter=w["iters"],
+                            chunk_size=w.get("chunk_size"))
+            return jax.block_until_ready(out)
+
+    def check(self, out):
+        r = out.restarts
+        res = []
+        with self.ctx():
+            cov = self.fam.covariances(r.params)
+        for i in range(self.w["n_init"]):
+            res.append((final_mean_ll(self.x64, self.w["ct"], np.asarray(r.params.weights[i]),
+                                      np.asarray(r.params.means[i]), np.asarray(cov[i])),
+                        int(r.n_iter[i]), float(r.log_likelihood[i])))
+        return res
+
+
+class SklearnRunner:
+    """n_init starts = that many sequential single-start fits (sklearn's own n_init
+    would repeat one explicit start)."""
+
+    def __init__(self, w, x, starts):
+        self.w, self.x, self.starts = w, x, starts
+
+    def __call__(self):
+        from sklearn.mixture import GaussianMixture
+
+        fits = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "did not converge": intended, tol=0
+            for s in self.starts:
+                fits.append(GaussianMixture(
+                    self.w["k"], covariance_type=self.w["ct"], weights_init=s["weights"],
+                    means_init=s["means"], precisions_init=s["precisions"], tol=0.0,
+                    max_iter=self.w["iters"]).fit(self.x))
+        return fits
+
+    def check(self, fits):
+        return [(final_mean_ll(self.x, self.w["ct"], g.weights_, g.means_, g.covariances_),
+                 int(g.n_iter_), float(g.lower_bound_)) for g in fits]
+
+
+class GmmxRunner:
+    """gmmx has no batch over starts: n_init starts are sequential calls of one jit."""
+
+    def __init__(self, w, x, starts):
+        from gmmx import EMFitter, GaussianMixtureModelJax
+
+        self.w = w
+        self.x = jax.block_until_ready(jnp.asarray(x, jnp.float32))
+        self.x64 = x
+        self.models = [GaussianMixtureModelJax.from_squeezed(
+            means=jnp.asarray(s["means"], jnp.float32),
+            covariances=jnp.asarray(inv_prec(s["precisions"], w["ct"]), jnp.float32),
+            weights=jnp.asarray(s["weights"], jnp.float32), covariance_type=w["ct"])
+            for s in starts]
+        # tol=0: gmmx continues while |change| >= tol, i.e. always.
+        self.fitter = EMFitter(tol=0.0, max_iter=w["iters"], reg_covar=1e-6)
+
+    def __call__(self):
+        return [jax.block_until_ready(self.fitter.fit(self.x, m)) for m in self.models]
+
+    def check(self, outs):
+        res = []
+        for r in outs:
+            g = r.gmm
+            res.append((final_mean_ll(self.x64, self.w["ct"], g.weights_numpy, g.means_numpy,
+                                      g.covariances.values_numpy),
+                        int(r.n_iter), float(r.log_likelihood)))
+        return res
+
+
+class PomegranateRunner:
+    """pomegranate 1.x (torch, float32). It adds no reg_covar (min_cov=None)."""
+
+    def __init__(self, w, x, starts):
+        import torch
+
+        self.torch = torch
+        self.w, self.starts, self.x64 = w, starts, x
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+
+    def _model(self, s):
+        from pomegranate.distributions import Normal
+        from pomegranate.gmm import GeneralMixtureModel
+
+        t = lambda a: self.torch.as_tensor(np.asarray(a), dtype=self.torch.float32)
+        cov = inv_prec(s["precisions"], self.w["ct"])
+        dists = [Normal(means=t(s["means"][j]), covs=t(cov[j]), covariance_type=self.w["ct"])
+                 for j in range(self.w["k"])]
+        # tol=-inf: it stops when the improvement < tol, i.e. never.
+        model = GeneralMixtureModel(dists, priors=t(s["weights"]), max_iter=self.w["iters"],
+                                    tol=-np.inf)
+        model.n_e_steps = 0
+        summarize = model.summarize
+
+        def counted(*a, **kw):
+            model.n_e_steps += 1
+            return summarize(*a, **kw)
+
+        model.summarize = counted
+        return model
+
+    def __call__(self):
+        models = [self._model(s) for s in self.starts]  # construction is cheap
+        with self.torch.no_grad():
+            for m in models:
+                m.fit(self.x)
+        return models
+
+    def check(self, models):
+        res = []
+        for m in models:
+            weights = m.priors.detach().numpy().astype(np.float64)
+            means = np.stack([d.means.detach().numpy() for d in m.distributions])
+            covs = np.stack([d.covs.detach().numpy() for d in m.distributions])
+            res.append((final_mean_ll(self.x64, self.w["ct"], weights / weights.sum(), means, covs),
+                        m.n_e_steps, float("nan")))
+        return res
+
+
+class TorchgmmRunner:
+    """torchgmm (PyTorch Lightning, float32). Its estimator accepts only initial means
+    and re-estimates the rest in an initialisation epoch, so we build its model with
+    the given weights/means/precisions and run its EM Lightning module (full batch,
+    one epoch = one EM iteration, convergence_tolerance=0: no early stopping)."""
+
+    def __init__(self, w, x, starts):
+        import logging
+
+        import torch
+
+        for name in ("lightning.pytorch", "pytorch_lightning", "lightning"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        self.torch = torch
+        self.w, self.starts, self.x64 = w, starts, x
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+
+    def _fit(self, s):
+        import pytorch_lightning as pl
+        from torchgmm.base.data import DataLoader, collate_tensor, dataset_from_tensors
+        from torchgmm.bayes.core import cholesky_precision
+        from torchgmm.bayes.gmm.lightning_module import GaussianMixtureLightningModule
+        from torchgmm.bayes.gmm.model import GaussianMixtureModel, GaussianMixtureModelConfig
+
+        torch, w = self.torch, self.w
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)
+        model = GaussianMixtureModel(GaussianMixtureModelConfig(
+            num_components=w["k"], num_features=w["d"], covariance_type=w["ct"]))
+        with torch.no_grad():
+            model.component_probs.copy_(t(s["weights"]))
+            model.means.copy_(t(s["means"]))
+            model.precisions_cholesky.copy_(
+                cholesky_precision(t(inv_prec(s["precisions"], w["ct"])), w["ct"]))
+        module = GaussianMixtureLightningModule(model, convergence_tolerance=0.0,
+                                                covariance_regularization=1e-6,
+                                                is_batch_training=False)
+        loader = DataLoader(dataset_from_tensors(self.x), batch_size=len(self.x),
+                            collate_fn=collate_tensor)
+        trainer = pl.Trainer(max_epochs=w["iters"], logger=False, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False,
+                             accelerator="cpu", devices=1)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            trainer.fit(module, loader)
+        return model, module.current_epoch
+
+    def __call__(self):
+        return [self._fit(s) for s in self.starts]
+
+    def check(self, outs):
+        res = []
+        for model, epochs in outs:
+            weights = model.component_probs.detach().numpy().astype(np.float64)
+            res.append((final_mean_ll(self.x64, self.w["ct"], weights / weights.sum(),
+                                      model.means.detach().numpy(),
+                                      model.covariances.detach().numpy()),
+                        int(epochs), float("nan")))
+        return res
+
+
+def peer_runner(name, w, x, starts):
+    if name == "sklearn":
+        return SklearnRunner(w, x, starts)
+    if name == "gmmx":
+        return GmmxRunner(w, x, starts)
+    if name == "pomegranate":
+        return PomegranateRunner(w, x, starts)
+    if name == "torchgmm":
+        return TorchgmmRunner(w, x, starts)
+    raise KeyError(name)
+
+
+UNCOMPARABLE: dict[str, str] = {}  # peers that cannot be run on equal terms, and why
+
+
+# -- timing -------------------------------------------------------------------------
+def time_calls(fn, repeats: int, warm: bool):
+    """``(first call s, [wall s...], [process CPU s...], last output)``.
+
+    ``warm``: the first call compiles and is not one of the repeats. CPU time (all
+    threads of this process) is reported too: other jobs shared the machine.
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
+    times, cpu = ([], []) if warm else ([first], [first_cpu])
+    for _ in range(repeats - len(times)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return first, times, cpu, out
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("jax", "jaxlib", "numpy", "scikit-learn", "gmmx", "pomegranate", "torch",
+                "torchgmm", "jaxem"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def machine() -> dict:
+    model = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+            "jax_devices": [str(d) for d in jax.devices()],
+            "load_average_start": list(os.getloadavg())}
+
+
+def installed(name: str) -> bool:
+    mod = {"sklearn": "sklearn"}.get(name, name)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            __import__(mod)
+        return True
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+
+
+def run(args) -> dict:
+    wls = workloads(args.quick)
+    # Quick: only the peers that import fast (torch's import alone takes seconds).
+    peers = [p for p in PEERS if p not in args.skip
+             and not (args.quick and p in ("pomegranate", "torchgmm"))]
+    plan = []
+    for w in wls:
+        plan.append((w, "jaxem float32"))
+        if w["n"] <= 100_000 and not args.quick:
+            plan.append((w, "jaxem float64"))
+        plan += [(w, p) for p in peers]
+    load_start = list(os.getloadavg())
+    bar = tqdm(plan, desc="bench", unit="run") if tqdm else plan
+    rows, data_cache = [], {}
+    for i, (w, impl) in enumerate(bar):
+        if tqdm:
+            bar.set_postfix_str(f"{w['name']} | {impl}")
+        else:
+            print(f"[{i + 1}/{len(plan)}] {w['name']} | {impl}", flush=True)
+        if w["name"] not in data_cache:
+            data_cache = {w["name"]: make_data(w)}
+        x, starts = data_cache[w["name"]]
+        row = dict(workload=w["name"], impl=impl, n=w["n"], d=w["d"], k=w["k"],
+                   covariance_type=w["ct"], iters=w["iters"], n_init=w["n_init"])
+        if impl in UNCOMPARABLE:
+            row["note"] = UNCOMPARABLE[impl]
+            rows.append(row)
+            continue
+        if not impl.startswith("jaxem") and not installed(impl):
+            row["note"] = "not installed"
+            rows.append(row)
+            continue
+        if impl.startswith("jaxem"):
+            runner = JaxemRunner(w, x, starts, np.float32 if "32" in impl else np.float64)
+            auto = getattr(jaxem.batch, "auto_chunk_size", lambda *a: None)  # older jaxem
+            row["chunk_size"] = w.get("chunk_size") or auto((1, w["n"], w["d"]), w["n_init"],
+                                                            w["k"])
+            warm = True
+        else:
+            runner = peer_runner(impl, w, x, starts)
+            warm = impl == "gmmx"
+        # Slow single-threaded peers get fewer repeats of the long workloads.
+        reps = args.repeats if (impl.startswith("jaxem") or impl == "gmmx") else args.peer_repeats
+        first, times, cpu, out = time_calls(runner, reps, warm)
+        checks = runner.check(out)
+        row.update(first_call_s=first, times_s=times, best_s=min(times),
+                   median_s=statistics.median(times), cpu_s=cpu, best_cpu_s=min(cpu),
+                   compile_s=max(first - min(times), 0.0) if warm else None,
+                   n_iter=[c[1] for c in checks], final_ll=[c[0] for c in checks],
+                   reported_ll=[c[2] for c in checks])
+        row["ran_all_iterations"] = all(c[1] == w["iters"] for c in checks)
+        rows.append(row)
+    # Ratios and agreement with scikit-learn, per workload.
+    for w in wls:
+        group = [r for r in rows if r["workload"] == w["name"]]
+        base = {r["impl"]: r for r in group}
+        sk, jx = base.get("sklearn"), base.get("jaxem float32")
+        for r in group:
+            if "best_s" not in r:
+                continue
+            if sk and "final_ll" in sk:
+                r["max_abs_ll_diff_vs_sklearn"] = float(np.max(np.abs(
+                    np.array(r["final_ll"]) - np.array(sk["final_ll"]))))
+            if jx and "best_s" in jx:
+                r["time_over_jaxem_f32"] = r["best_s"] / jx["best_s"]
+                r["cpu_over_jaxem_f32"] = r["best_cpu_s"] / jx["best_cpu_s"]
+    meta = dict(machine=machine(), versions=versions(), repeats=args.repeats,
+                peer_repeats=args.peer_repeats, quick=args.quick)
+    meta["machine"]["load_average_start"] = load_start
+    meta["machine"]["load_average_end"] = list(os.getloadavg())
+    return dict(meta=meta, rows=rows)
+
+
+def markdown(res: dict) -> str:
+    m, v = res["meta"]["machine"], res["meta"]["versions"]
+    lines = [
+        "# Gaussian-mixture EM on CPU: jaxem vs peers",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['platform']}); load average "
+        f"{m['load_average_start'][0]:.1f} at the start, {m['load_average_end'][0]:.1f} at the end "
+        "(other jobs shared the machine).",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
+        "",
+        "Same data, same explicit starting parameters, a fixed number of EM iterations "
+        "(checked), best of "
+        f"{res['meta']['repeats']} calls for jaxem/gmmx (after a compiling first call) and of "
+        f"{res['meta']['peer_repeats']} for the others. *first call* includes jaxem/gmmx's "
+        "compilation. *CPU s* is the process CPU time of the best-CPU call (all threads; a "
+        "guard against other jobs on the machine). *Δ LL* is the largest difference, over starts, of the float64 mean "
+        "log-likelihood at the final parameters from scikit-learn's. *× jaxem* is the "
+        "implementation's best wall time over jaxem float32's (larger = jaxem faster), "
+        "*× jaxem (CPU)* the same for CPU time.",
+        "",
+    ]
+    for wname in dict.fromkeys(r["workload"] for r in res["rows"]):
+        lines += [f"## {wname}", "",
+                  "| implementation | best s | median s | CPU s | first call s | iterations | "
+                  "final mean LL | Δ LL vs sklearn | × jaxem | × jaxem (CPU) |",
+                  "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+        for r in res["rows"]:
+            if r["workload"] != wname:
+                continue
+            name = r["impl"] + (f" (chunk_size={r['chunk_size']})" if r.get("chunk_size") else "")
+            if "best_s" not in r:
+                lines.append(f"| {name} | – | – | – | – | – | – | – | – | {r.get('note', '')} |")
+                continue
+            its = sorted(set(r["n_iter"]))
+            its = f"{its[0]}" if len(its) == 1 else f"{its}"
+            if r["n_init"] > 1:
+                its += f" × {r['n_init']}"
+            lines.append(
+                f"| {name} | {r['best_s']:.3f} | {r['median_s']:.3f} | {r['best_cpu_s']:.3f} | "
+                f"{r['first_call_s']:.3f} | "
+                f"{its} | {r['final_ll'][0]:.6f} | "
+                f"{r.get('max_abs_ll_diff_vs_sklearn', float('nan')):.1e} | "
+                f"{r.get('time_over_jaxem_f32', float('nan')):.1f} | "
+                f"{r.get('cpu_over_jaxem_f32', float('nan')):.1f} |")
+        lines.append("")
+    notes = {r["impl"]: r["note"] for r in res["rows"] if r.get("note")}
+    if notes:
+        lines += ["Notes: " + "; ".join(f"{k}: {val}" for k, val in notes.items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny workload, jaxem/sklearn/gmmx only, print the table, write nothing "
+                        "(< 20 s)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed calls of jaxem and gmmx after the first (default 5; quick 2)")
+    p.add_argument("--peer-repeats", type=int, default=None,
+                   help="timed calls of the CPU-bound peers (default 2; quick 1)")
+    p.add_argument("--skip", nargs="*", default=[], choices=PEERS, help="peers to leave out")
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help="folder for gmm_cpu.json and gmm_cpu.md (not written with --quick)")
+    args = p.parse_args(argv)
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.peer_repeats = args.peer_repeats or (1 if args.quick else 2)
+    res = run(args)
+    md = markdown(res)
+    print(md)
+    if not args.quick:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gmm_cpu.json").write_text(json.dumps(res, indent=1))
+        (args.out / "gmm_cpu.md").write_text(md)
+        print(f"wrote {args.out / 'gmm_cpu.json'} and {args.out / 'gmm_cpu.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
