@@ -29,8 +29,8 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 # The second moments are differences of large numbers: never let a GPU use TF32 there.
 _HIGHEST = jax.lax.Precision.HIGHEST
 # sum_n r_nk (x_n - c_k)(x_n - c_k)^T reduced to each covariance type's shape.
-_SUM_XX = {"full": "nkd,nke->kde", "tied": "nkd,nke->de", "diag": "nkd,nkd->kd",
-           "spherical": "nkd,nkd->k"}
+_SUM_XX = {"full": "knd,kne->kde", "tied": "knd,kne->de", "diag": "knd,knd->kd",
+           "spherical": "knd,knd->k"}
 
 
 class GaussianParams(NamedTuple):
@@ -83,7 +83,10 @@ class Gaussian(Mixture):
         d = x.shape[-1]
         ct = self.covariance_type
         if ct == "full":
-            y = jnp.einsum("nd,kde->nke", x, p) - jnp.einsum("kd,kde->ke", mu, p)
+            k, d_ = mu.shape
+            # One GEMM (n, D) @ (D, K*D) for all components.
+            xp = (x @ jnp.moveaxis(p, 0, 1).reshape(d_, k * d_)).reshape(-1, k, d_)
+            y = xp - jnp.einsum("kd,kde->ke", mu, p)
             maha = jnp.sum(y * y, axis=-1)
             log_det = jnp.sum(jnp.log(jnp.diagonal(p, axis1=-2, axis2=-1)), axis=-1)
         elif ct == "tied":
@@ -114,9 +117,10 @@ class Gaussian(Mixture):
         """
         counts = jnp.sum(resp, axis=0)
         sum_x = jnp.matmul(resp.T, x, precision=_HIGHEST)
-        dx = x[:, None, :] - self._shift(params, x)  # (n, K, D)
-        rdx = resp[:, :, None] * dx
-        sum_xx = jnp.einsum(_SUM_XX[self.covariance_type], rdx, dx, precision=_HIGHEST)
+        # z_kn = sqrt(r_nk) (x_n - c_k), component-major so that sum_n z z^T is a
+        # batched GEMM over k.
+        z = jnp.sqrt(resp.T)[:, :, None] * (x[None] - self._shift(params, x)[:, None])
+        sum_xx = jnp.einsum(_SUM_XX[self.covariance_type], z, z, precision=_HIGHEST)
         return GaussianStats(counts, sum_x, sum_xx)
 
     @staticmethod
