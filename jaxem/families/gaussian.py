@@ -117,11 +117,26 @@ class Gaussian(Mixture):
         """
         counts = jnp.sum(resp, axis=0)
         sum_x = jnp.matmul(resp.T, x, precision=_HIGHEST)
+        if params is None:  # about 0: plain GEMMs over the rows (e.g. HMM emissions)
+            return GaussianStats(counts, sum_x, self._raw_moments(x, resp))
         # z_kn = sqrt(r_nk) (x_n - c_k), component-major so that sum_n z z^T is a
         # batched GEMM over k.
         z = jnp.sqrt(resp.T)[:, :, None] * (x[None] - self._shift(params, x)[:, None])
         sum_xx = jnp.einsum(_SUM_XX[self.covariance_type], z, z, precision=_HIGHEST)
         return GaussianStats(counts, sum_x, sum_xx)
+
+    def _raw_moments(self, x, resp):
+        """``sum_xx`` about 0, each a single GEMM."""
+        ct = self.covariance_type
+        if ct == "full":
+            n, d = x.shape
+            xx = (x[:, :, None] * x[:, None, :]).reshape(n, d * d)
+            return jnp.matmul(resp.T, xx, precision=_HIGHEST).reshape(-1, d, d)
+        if ct == "tied":
+            return jnp.matmul((x * jnp.sum(resp, axis=1)[:, None]).T, x, precision=_HIGHEST)
+        if ct == "diag":
+            return jnp.matmul(resp.T, x * x, precision=_HIGHEST)
+        return jnp.matmul(resp.T, jnp.sum(x * x, axis=1), precision=_HIGHEST)
 
     @staticmethod
     def _shift(params, x):
