@@ -79,7 +79,6 @@ def best_of(fn, repeat):
 
 def bench_jaxem(x, start, n_iter, repeat, parallel=False):
     n_seq, t, d = x.shape
-    k = start["means"].shape[0]
     fam = hmm("gaussian", covariance_type="diag", seq_len=t, parallel=parallel)
     xf, w = pad_sequences(x.reshape(-1, d), [t] * n_seq)
     xf, w = jnp.asarray(xf, jnp.float32), jnp.asarray(w, jnp.float32)

@@ -92,7 +92,7 @@ def summarise(cmp):
 
 
 def markdown(report):
-    out = [f"# EM versus gradient ascent\n",
+    out = ["# EM versus gradient ascent\n",
            f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores "
            f"(shared with other jobs while measured), {report['machine']['device']}; "
            + ", ".join(f"{k} {v}" for k, v in report["machine"]["versions"].items()) + ".\n",

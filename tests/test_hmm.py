@@ -9,7 +9,7 @@ from hmmlearn import hmm as hl
 
 import jaxem
 from jaxem.estimators.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
-from jaxem.families.hmm import HMMParams, hmm, pad_sequences
+from jaxem.families.hmm import hmm, pad_sequences
 
 LENGTHS = [9, 14, 5]  # several sequences of different lengths
 K = 3
