@@ -26,6 +26,6 @@ def test_bad_input_exits_2_with_one_line(argv):
 
 
 def test_help():
-    proc = subprocess.run([sys.executable, "-m", "jaxem.cli", "demo", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "jaxem", "demo", "--help"],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "--n-init" in proc.stdout
