@@ -173,6 +173,29 @@ def _restarts(family, driver, x, weights, keys, params0, n_components, method):
                      top.failed, best, restarts)
 
 
+def initial_params(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
+                   weights=None, init: str | PyTree = "kmeans") -> PyTree:
+    """The starting points :func:`jaxem.fit` would use for ``key``: ``(n_init, ...)``."""
+    x3, w3, keys, method, params0 = _prepare(family, x, weights, key, n_init,
+                                                   n_components, init)
+    if method is None:
+        return jax.tree.map(lambda a: a[0], params0)
+    params = _initial(family, x3, w3, keys, n_components=n_components, method=method)
+    return jax.tree.map(lambda a: a[0], params)  # the one data set
+
+
+@functools.partial(jax.jit, static_argnames=("n_components", "method"))
+def _initial(family, x, weights, keys, *, n_components, method):
+    def no_run(params, x, w, key):  # the engine's init and centring, without a driver
+        del x, w, key
+        zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(params)))
+        return em.EMResult(params, zero, zero[None], jnp.array(0), jnp.array(True),
+                        jnp.array(False))
+
+    out = _restarts(family, no_run, x, weights, keys, None, n_components, method)
+    return out.restarts.params
+
+
 def _check_data(x, weights, n_components):
     """Validate and bring to ``(B, n, D)`` data and ``(B, n)`` weights."""
     if x.ndim not in (2, 3):

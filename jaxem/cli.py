@@ -9,11 +9,10 @@ import jax
 import numpy as np
 import optax
 
-from jaxem.batch import fit
+from jaxem.batch import fit, initial_params
 from jaxem.compare import compare
 from jaxem.datasets import load_faithful
 from jaxem.families.gaussian import COVARIANCE_TYPES, gaussian
-from jaxem.init import initialize
 
 SNAPSHOTS = (1, 2, 5, 20)
 
@@ -62,9 +61,8 @@ def demo(args) -> int:
     family = gaussian(args.covariance_type)
     key = jax.random.key(args.seed)
     # Random rows as starts: a spread of restarts, and a picture worth drawing.
-    starts = jax.vmap(lambda k: initialize(family, k, x, np.ones(len(x), x.dtype),
-                                           args.n_components, "random_from_data"))(
-        jax.random.split(key, args.n_init))
+    starts = initial_params(family, x, n_components=args.n_components, key=key,
+                            n_init=args.n_init, init="random_from_data")
     kw = dict(n_components=args.n_components, key=key, max_iter=args.max_iter)
     jax.block_until_ready(fit(family, x, n_init=args.n_init, init=starts, **kw))  # compile
     t0 = time.perf_counter()

@@ -8,7 +8,6 @@ time of the batched step, not of one restart alone.
 """
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any, NamedTuple
 
@@ -18,7 +17,7 @@ import numpy as np
 import optax
 
 from jaxem import batch
-from jaxem.em import EMResult
+from jaxem.batch import initial_params  # noqa: F401  (also public here)
 from jaxem.gradient import _check_family, fit_gradient
 
 PyTree = Any
@@ -45,29 +44,6 @@ class Comparison(NamedTuple):
     best_log_likelihood: float  # the best mean log-likelihood any method found
     eps: float
     initial_params: PyTree  # (R, ...) the shared starting points
-
-
-def initial_params(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
-                   weights=None, init: str | PyTree = "kmeans") -> PyTree:
-    """The starting points :func:`jaxem.fit` would use for ``key``: ``(n_init, ...)``."""
-    x3, w3, keys, method, params0 = batch._prepare(family, x, weights, key, n_init,
-                                                   n_components, init)
-    if method is None:
-        return jax.tree.map(lambda a: a[0], params0)
-    params = _initial(family, x3, w3, keys, n_components=n_components, method=method)
-    return jax.tree.map(lambda a: a[0], params)  # the one data set
-
-
-@functools.partial(jax.jit, static_argnames=("n_components", "method"))
-def _initial(family, x, weights, keys, *, n_components, method):
-    def no_run(params, x, w, key):  # the engine's init and centring, without a driver
-        del x, w, key
-        zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(params)))
-        return EMResult(params, zero, zero[None], jnp.array(0), jnp.array(True),
-                        jnp.array(False))
-
-    out = batch._restarts(family, no_run, x, weights, keys, None, n_components, method)
-    return out.restarts.params
 
 
 def _timed(fn, repeat):

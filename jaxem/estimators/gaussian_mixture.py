@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from jaxem.batch import fit
+from jaxem.batch import fit, initial_params
 from jaxem.estimators._base import float_dtype, key_from, posterior, sample_weights, to_numpy
 from jaxem.families.gaussian import GaussianParams, gaussian
-from jaxem.init import INIT_METHODS, initialize
+from jaxem.init import INIT_METHODS
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -140,10 +139,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if all(v is None for v in given.values()):
             return self.init_params
         dtype = X.dtype
-        keys = jax.random.split(key, self.n_init)
-        weights = jnp.ones(X.shape[0], dtype) if w is None else jnp.asarray(w)
-        params = jax.vmap(lambda k: initialize(family, k, jnp.asarray(X), weights,
-                                               self.n_components, self.init_params))(keys)
+        params = initial_params(family, X, n_components=self.n_components, key=key,
+                                n_init=self.n_init, weights=w, init=self.init_params)
         if given["weights"] is not None:
             params = params._replace(weights=_tile(given["weights"], self.n_init, dtype))
         if given["means"] is not None:
