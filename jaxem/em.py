@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxem import rows
 from jaxem.families.base import all_finite, tree_where
 
 Array = jax.Array
@@ -47,7 +48,8 @@ def _rows(family, params, x, weights):
 
 
 def e_step(family, params: PyTree, x: Array, weights: Array | None = None,
-           chunk_size: int | None = None) -> tuple[PyTree, Array, Array]:
+           chunk_size: int | None = None, axis_name: str | None = None
+           ) -> tuple[PyTree, Array, Array]:
     """The E-step as additive sums.
 
     Args:
@@ -57,32 +59,17 @@ def e_step(family, params: PyTree, x: Array, weights: Array | None = None,
       weights: ``(n_samples,)`` non-negative sample weights; 0 marks padding.
       chunk_size: process rows in chunks of this many, so the largest live array is
         ``(chunk_size, K, D)`` rather than ``(n_samples, K, D)``. ``None``: all at once.
+      axis_name: inside ``shard_map`` over rows, the mesh axis to ``psum`` the sums over.
 
     Returns:
-      ``(stats, sum of weighted log-likelihoods, sum of weights)``.
+      ``(stats, sum of weighted log-likelihoods, sum of weights)``, over all devices.
     """
-    if hasattr(family, "e_step"):
-        return family.e_step(params, x, weights)
-    n = x.shape[0]
     if weights is None:
-        weights = jnp.ones(n, dtype=x.dtype)
-    if chunk_size is None or chunk_size >= n:
-        return _rows(family, params, x, weights)
-    n_chunks = -(-n // chunk_size)
-    pad = n_chunks * chunk_size - n
-    xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(n_chunks, chunk_size, -1)
-    ws = jnp.pad(weights, (0, pad)).reshape(n_chunks, chunk_size)
-
-    def add(total, chunk):
-        part = _rows(family, params, *chunk)
-        return jax.tree.map(jnp.add, total, part), None
-
-    zeros = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, s.dtype),
-        jax.eval_shape(_rows, family, params, xs[0], ws[0]),
-    )
-    total, _ = jax.lax.scan(add, zeros, (xs, ws))
-    return total
+        weights = jnp.ones(x.shape[0], dtype=x.dtype)
+    if hasattr(family, "e_step"):
+        return rows.psum(family.e_step(params, x, weights), axis_name)
+    return rows.sum_rows(lambda xc, wc, _: _rows(family, params, xc, wc), x, weights,
+                         chunk_size, axis_name)
 
 
 def m_step(family, stats: PyTree, params: PyTree | None = None) -> PyTree:
@@ -91,9 +78,10 @@ def m_step(family, stats: PyTree, params: PyTree | None = None) -> PyTree:
 
 
 def em_step(family, params: PyTree, x: Array, weights: Array | None = None,
-            chunk_size: int | None = None) -> tuple[PyTree, Array]:
+            chunk_size: int | None = None, axis_name: str | None = None
+            ) -> tuple[PyTree, Array]:
     """One EM iteration: ``(new params, mean log-likelihood at the old params)``."""
-    stats, ll_sum, w_sum = e_step(family, params, x, weights, chunk_size)
+    stats, ll_sum, w_sum = e_step(family, params, x, weights, chunk_size, axis_name)
     return m_step(family, stats, params), ll_sum / w_sum
 
 
@@ -107,24 +95,12 @@ def log_likelihood(family, params: PyTree, x: Array) -> Array:
     return family.posterior(family.log_joint(params, x))[1]
 
 
-def run(family, params: PyTree, x: Array, weights: Array | None = None, *,
-        max_iter: int = 100, tol: float | Array = 1e-3,
-        chunk_size: int | None = None) -> EMResult:
-    """Run EM from ``params`` on one data set (pure; jit and vmap it freely).
-
-    Args:
-      family: a model family.
-      params: starting parameters.
-      x: ``(n_samples, n_features)`` data.
-      weights: ``(n_samples,)`` sample weights, 0 for padding rows.
-      max_iter: the most iterations (static: it is the length of ``trace``).
-      tol: stop when the mean log-likelihood changes by at most this (traced).
-      chunk_size: rows per chunk of the E-step (static), ``None`` for all at once.
-    """
+def start(params: PyTree, max_iter: int) -> EMResult:
+    """The driver's state before the first iteration (``max_iter`` is the trace length)."""
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}.")
     dtype = jnp.result_type(*jax.tree.leaves(params))
-    init = EMResult(
+    return EMResult(
         params=params,
         log_likelihood=jnp.array(-jnp.inf, dtype),
         trace=jnp.full((max_iter,), jnp.nan, dtype),
@@ -133,19 +109,49 @@ def run(family, params: PyTree, x: Array, weights: Array | None = None, *,
         failed=jnp.array(False),
     )
 
-    def cond(state: EMResult):
-        return (state.n_iter < max_iter) & ~state.converged & ~state.failed
+
+def running(state: EMResult) -> Array:
+    """Whether the instance still iterates: neither converged, failed, nor at max_iter."""
+    return (state.n_iter < state.trace.shape[-1]) & ~state.converged & ~state.failed
+
+
+def advance(state: EMResult, new_params: PyTree, log_likelihood: Array,
+            tol: float | Array) -> EMResult:
+    """One iteration's bookkeeping: ``log_likelihood`` was taken at ``state.params`` and
+    ``new_params`` is the M-step after it. Non-finite parameters set ``failed`` and keep
+    the last good ones; a change of at most ``tol`` sets ``converged``. A finished
+    instance (``not running(state)``) is returned unchanged, so a host loop over blocks
+    of data (:mod:`jaxem.stream`) freezes it exactly as the ``while_loop`` does."""
+    ok = all_finite(new_params) & jnp.isfinite(log_likelihood)
+    new = EMResult(
+        params=tree_where(ok, new_params, state.params),
+        log_likelihood=log_likelihood,
+        trace=state.trace.at[state.n_iter].set(log_likelihood),
+        n_iter=state.n_iter + 1,
+        converged=ok & (jnp.abs(log_likelihood - state.log_likelihood) <= tol),
+        failed=~ok,
+    )
+    return tree_where(running(state), new, state)
+
+
+def run(family, params: PyTree, x: Array, weights: Array | None = None, *,
+        max_iter: int = 100, tol: float | Array = 1e-3,
+        chunk_size: int | None = None, axis_name: str | None = None) -> EMResult:
+    """Run EM from ``params`` on one data set (pure; jit and vmap it freely).
+
+    Args:
+      family: a model family.
+      params: starting parameters.
+      x: ``(n_samples, n_features)`` data (this device's rows inside ``shard_map``).
+      weights: ``(n_samples,)`` sample weights, 0 for padding rows.
+      max_iter: the most iterations (static: it is the length of ``trace``).
+      tol: stop when the mean log-likelihood changes by at most this (traced).
+      chunk_size: rows per chunk of the E-step (static), ``None`` for all at once.
+      axis_name: the mesh axis the rows are split over (inside ``shard_map``), or None.
+    """
 
     def body(state: EMResult):
-        new_params, ll = em_step(family, state.params, x, weights, chunk_size)
-        ok = all_finite(new_params) & jnp.isfinite(ll)
-        return EMResult(
-            params=tree_where(ok, new_params, state.params),
-            log_likelihood=ll,
-            trace=state.trace.at[state.n_iter].set(ll),
-            n_iter=state.n_iter + 1,
-            converged=ok & (jnp.abs(ll - state.log_likelihood) <= tol),
-            failed=~ok,
-        )
+        new_params, ll = em_step(family, state.params, x, weights, chunk_size, axis_name)
+        return advance(state, new_params, ll, tol)
 
-    return jax.lax.while_loop(cond, body, init)
+    return jax.lax.while_loop(running, body, start(params, max_iter))
