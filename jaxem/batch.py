@@ -7,8 +7,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxem import em
+from jaxem import em, rows
 from jaxem.init import INIT_METHODS, initialize
 
 PyTree = Any
@@ -40,7 +42,7 @@ class FitError(ValueError):
 def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
         weights=None, max_iter: int = 100, tol: float = 1e-3,
         init: str | PyTree = "kmeans", chunk_size: int | None = None,
-        check: bool = True) -> FitResult:
+        devices=None, shard: str = "rows", check: bool = True) -> FitResult:
     """Fit ``family`` by EM with ``n_init`` restarts run in parallel (``vmap``).
 
     Args:
@@ -55,8 +57,19 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
       init: one of ``"kmeans"``, ``"k-means++"``, ``"random"``, ``"random_from_data"``,
         or explicit starting parameters (one instance's, broadcast, or with leading
         ``(n_init,)`` or ``(n_datasets, n_init)`` axes).
-      chunk_size: rows per chunk of the E-step (bounds memory). ``None``: chosen by
-        :func:`auto_chunk_size` (all rows when the intermediates fit in cache).
+      chunk_size: rows per chunk of every pass over the rows (initialisation, E-step),
+        which bounds memory. ``None``: chosen by :func:`auto_chunk_size` (all rows when
+        the intermediates fit in cache).
+      devices: a list of JAX devices (e.g. ``jax.devices()``) to run on, or ``None``
+        for the default device. Rows are padded with weight 0 to a multiple of the
+        number of devices. Across processes (``jax.distributed``), ``devices`` spans
+        them and each process passes its own rows (see the README's recipe).
+      shard: with ``devices``, what is split over them: ``"rows"`` (large data: each
+        device holds ``n_samples / len(devices)`` rows and the E-step's sums are
+        combined with one ``psum`` per iteration) or ``"restarts"`` (many restarts on
+        small data: every device holds all rows and runs ``n_init / len(devices)``
+        restarts; ``n_init`` is padded up to a multiple of the devices and the padding
+        restarts are dropped). Results equal the single-device fit up to float rounding.
       check: raise :class:`FitError` if every restart of some data set failed.
 
     >>> import jax, jaxem
@@ -71,11 +84,63 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     single = jnp.ndim(x) == 2
     x, weights, keys, method, params0 = _prepare(family, x, weights, key, n_init,
                                                  n_components, init)
+    mesh, n_keep = None, None
+    if devices is not None:
+        mesh, x, weights, keys, params0, n_keep = _spread(devices, shard, x, weights, keys,
+                                                          params0, key)
     if chunk_size is None:
-        chunk_size = auto_chunk_size(x.shape, n_init, n_components)
+        b, n, d = x.shape
+        split = 1 if mesh is None else mesh.size
+        local = (b, n // split, d) if shard == "rows" else (b, n, d)
+        chunk_size = auto_chunk_size(local, -(-keys.shape[1] // split) if shard == "restarts"
+                                     else keys.shape[1], n_components)
     result = _fit(family, x, weights, keys, params0, tol, n_components=n_components,
-                  method=method, max_iter=max_iter, chunk_size=chunk_size)
+                  method=method, max_iter=max_iter, chunk_size=chunk_size, mesh=mesh,
+                  shard=shard, n_keep=n_keep)
     return _finish(result, single, check, "EM")
+
+
+def _spread(devices, shard, x, weights, keys, params0, key):
+    """A one-axis mesh over ``devices`` and the inputs padded and placed on it:
+    ``(mesh, x, weights, keys, params0, n_keep)``."""
+    devices = list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise ValueError("devices must be a non-empty list of JAX devices, e.g. jax.devices().")
+    if len(set(devices)) != len(devices):
+        raise ValueError("devices lists a device more than once.")
+    if shard not in ("rows", "restarts"):
+        raise ValueError(f"shard must be 'rows' or 'restarts', got {shard!r}.")
+    # Process by process, so each process's devices hold a contiguous block of rows.
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+    mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
+    n_dev, n_keep = len(devices), None
+    if shard == "rows":  # weight-0 rows change nothing
+        mine = [d for d in devices if d.process_index == jax.process_index()]
+        if len(mine) == n_dev:
+            n = x.shape[1]
+        else:  # several processes: each passes its own rows, padded to the largest
+            n = int(np.max(multihost_utils.process_allgather(np.array(x.shape[1]))))
+        pad = n + (-n) % len(mine) - x.shape[1]
+        x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+        weights = jnp.pad(weights, ((0, 0), (0, pad)))
+        rows_split = NamedSharding(mesh, P(None, AXIS))
+        if len(mine) == n_dev:
+            x, weights = jax.device_put((x, weights), rows_split)
+        else:
+            x, weights = (jax.make_array_from_process_local_data(rows_split, np.asarray(a))
+                          for a in (x, weights))
+    else:
+        b, n_init = keys.shape
+        pad = (-n_init) % n_dev
+        if pad:
+            n_keep = n_init
+            extra = jax.random.split(jax.random.fold_in(key, 1), b * pad).reshape(b, pad)
+            keys = jnp.concatenate([keys, extra], axis=1)
+            if params0 is not None:
+                params0 = jax.tree.map(
+                    lambda a: jnp.concatenate([a, jnp.repeat(a[:, :1], pad, axis=1)], axis=1),
+                    params0)
+    return mesh, x, weights, keys, params0, n_keep
 
 
 def _prepare(family, x, weights, key, n_init, n_components, init):
@@ -126,44 +191,79 @@ def auto_chunk_size(shape, n_init: int, n_components: int) -> int | None:
     return None if 2 * rows > n else int(rows)
 
 
-@functools.partial(jax.jit, static_argnames=("n_components", "method", "max_iter", "chunk_size"))
-def _fit(family, x, weights, keys, params0, tol, *, n_components, method, max_iter, chunk_size):
+@functools.partial(jax.jit, static_argnames=("n_components", "method", "max_iter",
+                                             "chunk_size", "mesh", "shard", "n_keep"))
+def _fit(family, x, weights, keys, params0, tol, *, n_components, method, max_iter, chunk_size,
+         mesh=None, shard="rows", n_keep=None):
     """x: (B, n, D), weights: (B, n), keys: (B, R), params0: None or (B, R, ...)."""
 
-    def driver(params, x, w, key):
+    def driver(params, x, w, key, axis_name):
         del key
-        return em.run(family, params, x, w, max_iter=max_iter, tol=tol, chunk_size=chunk_size)
+        return em.run(family, params, x, w, max_iter=max_iter, tol=tol, chunk_size=chunk_size,
+                      axis_name=axis_name)
 
-    return _restarts(family, driver, x, weights, keys, params0, n_components, method)
+    return _restarts(family, driver, x, weights, keys, params0, n_components, method,
+                     chunk_size=chunk_size, mesh=mesh, shard=shard, n_keep=n_keep)
 
 
-def _restarts(family, driver, x, weights, keys, params0, n_components, method):
-    """Init, run ``driver(params, x, w, key) -> EMResult`` on centred data for every
-    restart and data set (vmapped), and pick the best restart. Call inside ``jit``."""
+AXIS = "jaxem"  # the mesh axis that rows or restarts are split over
 
-    def one(key, params, x, w, shift):
+
+def _restarts(family, driver, x, weights, keys, params0, n_components, method, *,
+              chunk_size=None, mesh=None, shard="rows", n_keep=None):
+    """Init, run ``driver(params, x, w, key, axis_name) -> EMResult`` on centred data for
+    every restart and data set (vmapped), and pick the best restart. Call inside ``jit``.
+
+    With a ``mesh`` (one axis, :data:`AXIS`), ``shard="rows"`` splits the rows over its
+    devices (``shard_map``; every pass over the rows ends in a ``psum`` over the axis,
+    so all devices hold the same parameters), ``shard="restarts"`` the restarts (each
+    device runs its restarts on all the rows, no communication until the best-of).
+    """
+
+    def one(key, params, x, w, shift, axis_name):
         if params is None:
-            init_fn = getattr(family, "init", None) or functools.partial(initialize, family)
-            params = init_fn(key, x, w, n_components, method)
+            if hasattr(family, "init"):
+                params = family.init(key, x, w, n_components, method)
+            else:
+                params = initialize(family, key, x, w, n_components, method,
+                                    chunk_size=chunk_size, axis_name=axis_name)
         elif shift is not None:
             params = family.translate(params, -shift)
         # The init keeps ``key`` itself, so EM's starting points do not depend on the driver.
-        out = driver(params, x, w, jax.random.fold_in(key, 1))
+        out = driver(params, x, w, jax.random.fold_in(key, 1), axis_name)
         if shift is not None:
             out = out._replace(params=family.translate(out.params, shift))
         return out
 
-    def per_dataset(keys, params, x, w):
+    def per_dataset(keys, params, x, w, axis_name):
         # Padding rows may hold anything, NaN included (0 * NaN is NaN): zero them first.
         x = jnp.where(w[:, None] > 0, x, 0.0)
         shift = None
         if hasattr(family, "translate"):
             # Fit centred data: float32 moments stay accurate far from the origin.
-            shift = w @ x / jnp.sum(w)
+            mass = rows.sum_rows(lambda xc, wc, _: (wc @ xc, jnp.sum(wc)), x, w, chunk_size,
+                                 axis_name)
+            shift = mass[0] / mass[1]
             x = x - shift
-        return jax.vmap(one, (0, 0, None, None, None))(keys, params, x, w, shift)
+        return jax.vmap(one, (0, 0, None, None, None, None))(keys, params, x, w, shift,
+                                                              axis_name)
 
-    restarts = jax.vmap(per_dataset)(keys, params0, x, weights)
+    def run_all(keys, params0, x, weights, axis_name=None):
+        return jax.vmap(per_dataset, (0, 0, 0, 0, None))(keys, params0, x, weights, axis_name)
+
+    if mesh is None:
+        restarts = run_all(keys, params0, x, weights)
+    elif shard == "rows":
+        restarts = jax.shard_map(
+            functools.partial(run_all, axis_name=AXIS), mesh=mesh,
+            in_specs=(P(), P(), P(None, AXIS), P(None, AXIS)), out_specs=P(),
+            check_vma=False)(keys, params0, x, weights)
+    else:
+        restarts = jax.shard_map(
+            run_all, mesh=mesh, in_specs=(P(None, AXIS), P(None, AXIS), P(), P()),
+            out_specs=P(None, AXIS), check_vma=False)(keys, params0, x, weights)
+    if n_keep is not None:  # drop the restarts that only padded the device count
+        restarts = jax.tree.map(lambda a: a[:, :n_keep], restarts)
     score = jnp.where(restarts.failed | ~jnp.isfinite(restarts.log_likelihood),
                       -jnp.inf, restarts.log_likelihood)
     best = jnp.argmax(score, axis=1)
@@ -186,8 +286,8 @@ def initial_params(family, x, *, n_components: int, key: jax.Array, n_init: int 
 
 @functools.partial(jax.jit, static_argnames=("n_components", "method"))
 def _initial(family, x, weights, keys, *, n_components, method):
-    def no_run(params, x, w, key):  # the engine's init and centring, without a driver
-        del x, w, key
+    def no_run(params, x, w, key, axis_name):  # the engine's init and centring, no driver
+        del x, w, key, axis_name
         zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(params)))
         return em.EMResult(params, zero, zero[None], jnp.array(0), jnp.array(True),
                         jnp.array(False))

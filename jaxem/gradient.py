@@ -204,7 +204,8 @@ def _fit_gradient(family, x, weights, keys, params0, tol, learning_rate, *, opti
     def fit_at(lr):
         opt = optimizer if lr is None else optax.inject_hyperparams(optimizer)(learning_rate=lr)
 
-        def driver(params, x, w, key):
+        def driver(params, x, w, key, axis_name):
+            del axis_name  # never sharded
             return run(family, params, x, w, key, optimizer=opt, max_iter=max_iter, tol=tol,
                        batch_size=batch_size)
 

@@ -196,7 +196,9 @@ def test_kmeans_plusplus_picks_distinct_positive_weight_rows_one_per_cluster():
     w[::3] = 0.0  # these rows may never be picked
     pick = jax.jit(jaxem.kmeans_plusplus, static_argnums=3)
     for seed in range(5):
-        idx = np.asarray(pick(jax.random.key(seed), x, w, 4))
+        centers, idx = pick(jax.random.key(seed), x, w, 4)
+        idx = np.asarray(idx)
+        np.testing.assert_array_equal(centers, x[idx])
         assert len(set(idx.tolist())) == 4
         assert np.all(w[idx] > 0)
         assert sorted(labels[idx].tolist()) == [0, 1, 2, 3]  # one seed per far cluster

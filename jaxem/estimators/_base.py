@@ -1,10 +1,15 @@
 """Host-side glue shared by the scikit-learn-style estimators."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from sklearn.utils import check_random_state
+
+from jaxem import rows
+from jaxem.batch import auto_chunk_size
 
 
 def float_dtype() -> type:
@@ -36,13 +41,23 @@ def sample_weights(sample_weight, n_samples: int, dtype) -> np.ndarray | None:
     return w
 
 
-@jax.jit
-def posterior(family, params, x):
+def posterior(family, params, x, chunk_size=None):
     """``(resp (n, K), per-row log-likelihood (n,))``, compiled once per shape.
 
-    Rows and parameters are first moved so that the component locations average to 0:
-    the GEMM-shaped distances then keep their float32 accuracy far from the origin.
+    Rows are processed in chunks (``chunk_size``, or :func:`jaxem.batch.auto_chunk_size`),
+    so no ``(n, K, D)`` temporary is ever live.
     """
     x = jnp.asarray(x)
+    if chunk_size is None:
+        chunk_size = auto_chunk_size((1,) + x.shape, 1, family.locations(params).shape[0])
+    return _posterior(family, params, x, chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames="chunk_size")
+def _posterior(family, params, x, chunk_size):
+    # Rows and parameters are first moved so that the component locations average to 0:
+    # the GEMM-shaped distances then keep their float32 accuracy far from the origin.
     shift = jnp.mean(family.locations(params), axis=0)
-    return family.posterior(family.log_joint(family.translate(params, -shift), x - shift))
+    params = family.translate(params, -shift)
+    return rows.map_rows(lambda xc: family.posterior(family.log_joint(params, xc - shift)),
+                         x, chunk_size)

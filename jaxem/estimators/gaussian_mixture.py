@@ -164,7 +164,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _posterior(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        resp, ll = posterior(self._family(), self._params(), X.astype(self.means_.dtype))
+        resp, ll = posterior(self._family(), self._params(), X.astype(self.means_.dtype),
+                             self.chunk_size)
         return np.asarray(resp), np.asarray(ll)
 
     def predict_proba(self, X):

@@ -91,7 +91,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _labels_inertia(self, X, sample_weight=None):
         c = self.cluster_centers_
-        labels = np.asarray(posterior(kmeans(), KMeansParams(c), X)[0]).argmax(axis=1)
+        labels = np.asarray(posterior(kmeans(), KMeansParams(c), X, self.chunk_size)[0]).argmax(axis=1)
         # The inertia by direct differences in float64, as scikit-learn sums it.
         sq = ((X.astype(np.float64) - c[labels]) ** 2).sum(axis=1)
         w = np.ones(len(X)) if sample_weight is None else sample_weight
