@@ -30,25 +30,27 @@ def scan_rows(fn: Callable, carry: PyTree, x: Array, weights: Array,
               chunk_size: int | None = None, axis_name: str | None = None) -> PyTree:
     """Fold ``carry = fn(carry, x_chunk, w_chunk, rows)`` over chunks of this device's rows.
 
-    ``rows`` are the chunk's global row indices ``(chunk,)``. The last chunk is padded
-    with weight-0 rows (``x`` 0), which ``fn`` must treat as absent.
+    ``rows`` are the chunk's global row indices ``(chunk,)``. Chunks are read in place
+    (no padded copy of ``x``); when ``chunk_size`` does not divide ``n_samples``, the
+    last chunk is the last ``chunk_size`` rows with the weights of the rows already seen
+    set to 0, which ``fn`` must treat as absent (as it treats padding).
     """
     n = x.shape[0]
     offset = row_offset(n, axis_name)
     if chunk_size is None or chunk_size >= n:
         return fn(carry, x, weights, offset + jnp.arange(n, dtype=jnp.int32))
-    n_chunks = -(-n // chunk_size)
-    pad = n_chunks * chunk_size - n
-    xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
-    xs = xs.reshape((n_chunks, chunk_size) + x.shape[1:])
-    ws = jnp.pad(weights, (0, pad)).reshape(n_chunks, chunk_size)
-    starts = offset + chunk_size * jnp.arange(n_chunks, dtype=jnp.int32)
+    local = jnp.arange(chunk_size, dtype=jnp.int32)
 
-    def body(carry, chunk):
-        xc, wc, start = chunk
-        return fn(carry, xc, wc, start + jnp.arange(chunk_size, dtype=jnp.int32)), None
+    def at(carry, start, seen):
+        xc = jax.lax.dynamic_slice_in_dim(x, start, chunk_size)
+        wc = jax.lax.dynamic_slice_in_dim(weights, start, chunk_size)
+        return fn(carry, xc, jnp.where(start + local < seen, 0, wc), offset + start + local)
 
-    return jax.lax.scan(body, carry, (xs, ws, starts))[0]
+    n_full = n // chunk_size
+    carry = jax.lax.fori_loop(0, n_full, lambda i, c: at(c, i * chunk_size, 0), carry)
+    if n % chunk_size:
+        carry = at(carry, n - chunk_size, n_full * chunk_size)
+    return carry
 
 
 def sum_rows(fn: Callable, x: Array, weights: Array, chunk_size: int | None = None,
@@ -67,14 +69,17 @@ def psum(tree: PyTree, axis_name: str | None) -> PyTree:
     return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
 
-def map_rows(fn: Callable, x: Array, chunk_size: int | None = None) -> Array:
-    """``fn(x_chunk)`` row by row in chunks (``lax.map``), concatenated: for per-row
-    outputs (responsibilities, log-likelihoods, labels) without ``(n, K, D)`` temporaries."""
+def map_rows(fn: Callable, x: Array, chunk_size: int | None = None) -> PyTree:
+    """``fn(x_chunk)`` in chunks, outputs concatenated over the rows: per-row results
+    (responsibilities, log-likelihoods) without ``(n, K, D)`` temporaries."""
     n = x.shape[0]
     if chunk_size is None or chunk_size >= n:
         return fn(x)
-    n_chunks = -(-n // chunk_size)
-    pad = n_chunks * chunk_size - n
-    xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
-    out = jax.lax.map(fn, xs.reshape((n_chunks, chunk_size) + x.shape[1:]))
-    return jax.tree.map(lambda a: a.reshape((n_chunks * chunk_size,) + a.shape[2:])[:n], out)
+    n_full = n // chunk_size
+    out = jax.lax.map(fn, x[: n_full * chunk_size].reshape((n_full, chunk_size) + x.shape[1:]))
+    out = jax.tree.map(lambda a: a.reshape((n_full * chunk_size,) + a.shape[2:]), out)
+    if n % chunk_size:  # the last chunk_size rows, of which the unseen ones are kept
+        tail = fn(x[n - chunk_size:])
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b[n_full * chunk_size - n:]]),
+                           out, tail)
+    return out

@@ -55,11 +55,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # -- fitting ------------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None):
         """Fit by EM; ``X: (n_samples, n_features)``, ``sample_weight: (n_samples,)``."""
-        self.fit_predict(X, y, sample_weight)
+        self._fit(X, sample_weight)
         return self
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit and return the component labels of ``X``: ``(n_samples,)``."""
+        return self.predict(self._fit(X, sample_weight))
+
+    def _fit(self, X, sample_weight):
+        """Fit on ``X`` and return it validated."""
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         X = X.astype(float_dtype(), copy=False)
         n, d = X.shape
@@ -93,7 +97,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 "parameters, or increase max_iter, tol, or check for degenerate data.",
                 ConvergenceWarning,
             )
-        return self.predict(X)
+        return X
 
     def _family(self):
         return gaussian(self.covariance_type, self.reg_covar)
