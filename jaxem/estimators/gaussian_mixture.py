@@ -20,8 +20,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     Parameters and fitted attributes are scikit-learn's; in addition ``fit`` takes
     ``sample_weight``, the ``n_init`` restarts run in parallel in one compiled call,
-    ``chunk_size`` bounds the E-step's memory, and ``restarts_`` holds every restart's
-    parameters, log-likelihood, trace and flags.
+    ``chunk_size`` bounds the memory of every pass over the rows, ``devices`` (a list of
+    JAX devices) splits the rows over them (see :func:`jaxem.fit`), and ``restarts_``
+    holds every restart's parameters, log-likelihood, trace and flags.
 
     >>> from jaxem import GaussianMixture
     >>> from jaxem.datasets import load_faithful
@@ -35,7 +36,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
                  max_iter=100, n_init=1, init_params="kmeans", weights_init=None,
                  means_init=None, precisions_init=None, random_state=None, warm_start=False,
-                 verbose=0, verbose_interval=10, chunk_size=None):
+                 verbose=0, verbose_interval=10, chunk_size=None, devices=None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -51,6 +52,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.chunk_size = chunk_size
+        self.devices = devices
 
     # -- fitting ------------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None):
@@ -77,7 +79,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             n_init, init = self.n_init, self._initial_params(family, key, X, w)
         result = fit(family, X, n_components=self.n_components, key=key, n_init=n_init,
                      weights=w, max_iter=self.max_iter, tol=self.tol, init=init,
-                     chunk_size=self.chunk_size)
+                     chunk_size=self.chunk_size, devices=self.devices)
         result = to_numpy(result)
         params = result.params
         self.weights_, self.means_, self.precisions_cholesky_ = params

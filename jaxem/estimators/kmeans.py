@@ -29,7 +29,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300,
-                 tol=1e-4, verbose=0, random_state=None, chunk_size=None):
+                 tol=1e-4, verbose=0, random_state=None, chunk_size=None,
+                 devices=None):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -38,6 +39,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.random_state = random_state
         self.chunk_size = chunk_size
+        self.devices = devices
 
     def fit(self, X, y=None, sample_weight=None):
         """Cluster ``X: (n_samples, n_features)``."""
@@ -51,7 +53,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         result = fit(kmeans(), X, n_components=self.n_clusters, key=key_from(self.random_state),
                      n_init=n_init, weights=w, max_iter=self.max_iter,
                      tol=self.tol * float(np.mean(np.var(X, axis=0))), init=init,
-                     chunk_size=self.chunk_size)
+                     chunk_size=self.chunk_size, devices=self.devices)
         result = to_numpy(result)
         self.cluster_centers_ = result.params.centers
         self.n_iter_ = int(result.n_iter)
