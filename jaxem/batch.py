@@ -1,6 +1,7 @@
 """``fit``: EM over random restarts and data sets in one batched, jitted call."""
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any, NamedTuple
 
@@ -81,6 +82,8 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     >>> bool(result.converged)
     True
     """
+    if shard not in ("rows", "restarts"):
+        raise ValueError(f"shard must be 'rows' or 'restarts', got {shard!r}.")
     single = jnp.ndim(x) == 2
     x, weights, keys, method, params0 = _prepare(family, x, weights, key, n_init,
                                                  n_components, init)
@@ -103,18 +106,24 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
 def _spread(devices, shard, x, weights, keys, params0, key):
     """A one-axis mesh over ``devices`` and the inputs padded and placed on it:
     ``(mesh, x, weights, keys, params0, n_keep)``."""
+    if isinstance(devices, (jax.Device, str)):
+        raise ValueError("devices must be a list of JAX devices, e.g. jax.devices() or "
+                         f"[jax.devices()[0]], got {devices!r}.")
     devices = list(devices)
     if not devices or not all(isinstance(d, jax.Device) for d in devices):
         raise ValueError("devices must be a non-empty list of JAX devices, e.g. jax.devices().")
     if len(set(devices)) != len(devices):
         raise ValueError("devices lists a device more than once.")
-    if shard not in ("rows", "restarts"):
-        raise ValueError(f"shard must be 'rows' or 'restarts', got {shard!r}.")
     # Process by process, so each process's devices hold a contiguous block of rows.
     devices = sorted(devices, key=lambda d: (d.process_index, d.id))
     mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
     n_dev, n_keep = len(devices), None
     if shard == "rows":  # weight-0 rows change nothing
+        per = collections.Counter(d.process_index for d in devices)
+        if len(per) != jax.process_count() or len(set(per.values())) > 1:
+            raise ValueError("With rows split over processes, devices must hold the same "
+                             f"number of devices of every process (got {dict(per)}); pass "
+                             "jax.devices().")
         mine = [d for d in devices if d.process_index == jax.process_index()]
         if len(mine) == n_dev:
             n = x.shape[1]
@@ -262,6 +271,8 @@ def _restarts(family, driver, x, weights, keys, params0, n_components, method, *
         restarts = jax.shard_map(
             run_all, mesh=mesh, in_specs=(P(None, AXIS), P(None, AXIS), P(), P()),
             out_specs=P(None, AXIS), check_vma=False)(keys, params0, x, weights)
+        # Gather every restart to every device: readable from any process.
+        restarts = jax.lax.with_sharding_constraint(restarts, NamedSharding(mesh, P()))
     if n_keep is not None:  # drop the restarts that only padded the device count
         restarts = jax.tree.map(lambda a: a[:, :n_keep], restarts)
     score = jnp.where(restarts.failed | ~jnp.isfinite(restarts.log_likelihood),
