@@ -49,7 +49,8 @@ def posterior(family, params, x, chunk_size=None):
     """
     x = jnp.asarray(x)
     if chunk_size is None:
-        chunk_size = auto_chunk_size((1,) + x.shape, 1, family.locations(params).shape[0])
+        chunk_size = auto_chunk_size((1,) + x.shape, 1, family.locations(params).shape[0],
+                                     family)
     return _posterior(family, params, x, chunk_size)
 
 

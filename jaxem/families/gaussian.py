@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
 from jax.scipy.linalg import solve_triangular
 
 from jaxem.families.base import Mixture, family
@@ -31,6 +32,14 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # sum_n r_nk (x_n - c_k)(x_n - c_k)^T reduced to each covariance type's shape.
 _SUM_XX = {"full": "knd,kne->kde", "tied": "knd,kne->de", "diag": "knd,knd->kd",
            "spherical": "knd,knd->k"}
+# The fast (GEMM) forms expand squares about a per-chunk reference point c, e.g.
+# sum_d a_kd (x_nd - mu_kd)^2 = A - 2 B + C with A = sum_d a_kd (x_nd - c_d)^2. Their
+# rounding error is about _GAMMA * (A + C) (measured: <= 3.8 eps for D <= 64), which
+# is large against the result when a tight component sits far from c (the terms
+# cancel). A chunk whose estimated error exceeds _RTOL relative to the result (see
+# _maha_fast and _stats_fast) is recomputed with the exact differences instead.
+_GAMMA = 4.0
+_RTOL = 1e-4
 
 
 class GaussianParams(NamedTuple):
@@ -69,6 +78,12 @@ class Gaussian(Mixture):
     covariance_type: str = "full"
     reg_covar: float = 1e-6
 
+    @property
+    def gemm_rows(self) -> bool:
+        """The E-step is GEMMs over rows (not ``(rows, K, D)`` elementwise work): a
+        declared capability :func:`jaxem.batch.auto_chunk_size` sizes chunks by."""
+        return self.covariance_type != "full"
+
     def __post_init__(self):
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
@@ -78,33 +93,110 @@ class Gaussian(Mixture):
 
     # -- E-step ---------------------------------------------------------------------
     def log_joint(self, params: GaussianParams, x: jax.Array) -> jax.Array:
-        """``log p(x_n, z_n = k)``: ``x (n, D)`` -> ``(n, K)``."""
-        mu, p = params.means, params.precisions_cholesky
+        """``log p(x_n, z_n = k)``: ``x (n, D)`` -> ``(n, K)``.
+
+        ``diag``, ``spherical`` and ``tied`` use matrix multiplies (see
+        :meth:`_maha_fast`), falling back to direct differences for a block of rows
+        where those would lose float32 accuracy; ``full`` is one GEMM and differences.
+        """
+        p = params.precisions_cholesky
         d = x.shape[-1]
         ct = self.covariance_type
         if ct == "full":
+            mu = params.means
             k, d_ = mu.shape
             # One GEMM (n, D) @ (D, K*D) for all components.
             xp = (x @ jnp.moveaxis(p, 0, 1).reshape(d_, k * d_)).reshape(-1, k, d_)
             y = xp - jnp.einsum("kd,kde->ke", mu, p)
             maha = jnp.sum(y * y, axis=-1)
+        else:
+            params, x = _materialise(params, x)
+            c = jnp.mean(x, axis=0)
+            maha = jax.lax.cond(_any_in_batch(self._maha_risky(params, c)),
+                                lambda: self._maha_exact(params, x),
+                                lambda: self._maha_fast(params, x, c))
+        if ct in ("full", "tied"):
             log_det = jnp.sum(jnp.log(jnp.diagonal(p, axis1=-2, axis2=-1)), axis=-1)
-        elif ct == "tied":
-            y = (x @ p)[:, None, :] - (mu @ p)[None, :, :]
-            maha = jnp.sum(y * y, axis=-1)
-            log_det = jnp.sum(jnp.log(jnp.diagonal(p)))
         elif ct == "diag":
-            # Direct differences, not the expanded x^2 p - 2 x mu p + mu^2 p: in float32
-            # that cancels for a tight component (large precision) away from 0.
-            y = (x[:, None, :] - mu[None]) * p[None]  # (n, K, D), bounded by the chunk
-            maha = jnp.sum(y * y, axis=-1)
             log_det = jnp.sum(jnp.log(p), axis=1)
-        else:  # spherical
-            diff = x[:, None, :] - mu[None]
-            maha = jnp.sum(diff * diff, axis=-1) * (p * p)
+        else:
             log_det = d * jnp.log(p)
         log_gauss = -0.5 * (d * math.log(2 * math.pi) + maha) + log_det
         return jnp.log(params.weights) + log_gauss
+
+    def posterior(self, log_joint: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``log_joint: (n, K)`` -> ``(resp (n, K), log_likelihood (n,))``, with one
+        ``exp`` per entry (``logsumexp`` and then ``exp(log_joint - lse)`` take two)."""
+        top = jax.lax.stop_gradient(jnp.max(log_joint, axis=-1, keepdims=True))
+        top = jnp.where(jnp.isfinite(top), top, 0.0)
+        e = jnp.exp(log_joint - top)
+        total = jnp.sum(e, axis=-1, keepdims=True)
+        return e / total, (top + jnp.log(total))[:, 0]
+
+    def _maha_fast(self, params, x, c):
+        """Squared Mahalanobis distances ``(n, K)`` as GEMMs about the point ``c (D,)``.
+
+        ``c`` is the rows' mean (data only, so vmapped restarts share ``x - c`` and their
+        GEMMs fold into one). With ``m_k = mu_k - c`` and ``a = P P^T``:
+        ``(x-mu)^T a (x-mu) = A - 2 B + C``, ``A = (x-c)^T a (x-c)``,
+        ``B = (x-c)^T a m``, ``C = m^T a m``. See :meth:`_maha_risky` for its accuracy.
+        """
+        p = params.precisions_cholesky
+        xc = x - c
+        m = params.means - c
+        ct = self.covariance_type
+        if ct == "diag":
+            a = p * p
+            big = _dot(xc * xc, a.T)
+            cross = _dot(xc, (a * m).T)
+            cc = jnp.sum(a * m * m, axis=1)
+        elif ct == "spherical":
+            a = p * p
+            big = jnp.sum(xc * xc, axis=1)[:, None] * a
+            cross = _dot(xc, m.T) * a
+            cc = jnp.sum(m * m, axis=1) * a
+        else:  # tied
+            xp = _dot(xc, p)
+            mp = _dot(m, p)
+            big = jnp.sum(xp * xp, axis=1)[:, None]
+            cross = _dot(xp, mp.T)
+            cc = jnp.sum(mp * mp, axis=1)
+        return jnp.maximum(big - 2.0 * cross + cc, 0.0)
+
+    def _maha_risky(self, params, c):
+        """Whether :meth:`_maha_fast` about ``c`` may miss ``_RTOL`` (a scalar bool).
+
+        Its rounding error is about ``_GAMMA eps (A + C)``. As ``A <= 3 C + 2 result``
+        (triangle inequality), it is within ``_RTOL (D + result)`` for every row when
+        ``3 _GAMMA eps max_k C_k <= _RTOL D``: ``C_k`` is the squared distance of ``c``
+        from component ``k`` in its own metric, large for a tight component far away.
+        """
+        p = params.precisions_cholesky
+        m = params.means - c
+        ct = self.covariance_type
+        if ct == "diag":
+            cc = jnp.sum(p * p * m * m, axis=1)
+        elif ct == "spherical":
+            cc = jnp.sum(m * m, axis=1) * (p * p)
+        else:
+            mp = _dot(m, p)
+            cc = jnp.sum(mp * mp, axis=1)
+        eps = jnp.finfo(c.dtype).eps
+        return jnp.any(3.0 * _GAMMA * eps * cc > _RTOL * c.shape[-1])
+
+    def _maha_exact(self, params, x):
+        """Squared Mahalanobis distances ``(n, K)`` from direct differences: no
+        cancellation, but ``(n, K, D)`` elementwise work."""
+        mu, p = params.means, params.precisions_cholesky
+        ct = self.covariance_type
+        if ct == "tied":  # differences first: x @ P - mu @ P cancels for a tight P
+            y = jnp.einsum("nkd,de->nke", x[:, None, :] - mu[None], p, precision=_HIGHEST)
+            return jnp.sum(y * y, axis=-1)
+        if ct == "diag":
+            y = (x[:, None, :] - mu[None]) * p[None]  # (n, K, D), bounded by the chunk
+            return jnp.sum(y * y, axis=-1)
+        diff = x[:, None, :] - mu[None]
+        return jnp.sum(diff * diff, axis=-1) * (p * p)
 
     def stats(self, x: jax.Array, resp: jax.Array,
               params: GaussianParams | None = None) -> GaussianStats:
@@ -113,17 +205,65 @@ class Gaussian(Mixture):
         ``sum_xx`` is taken about the current means (``params.means``, or 0 without
         ``params``): the M-step's covariance is then a small correction of it, not a
         difference of large numbers, so float32 stays accurate for tight components far
-        from the origin. The ``(n, K, D)`` intermediate is bounded by the E-step's chunk.
+        from the origin. ``diag``, ``spherical`` and ``tied`` use GEMMs about the rows'
+        mean (see :meth:`_stats_fast`), with direct differences for a block of rows
+        where those would lose float32 accuracy; ``full`` uses direct differences.
         """
         counts = jnp.sum(resp, axis=0)
-        sum_x = jnp.matmul(resp.T, x, precision=_HIGHEST)
         if params is None:  # about 0: plain GEMMs over the rows (e.g. HMM emissions)
-            return GaussianStats(counts, sum_x, self._raw_moments(x, resp))
-        # z_kn = sqrt(r_nk) (x_n - c_k), component-major so that sum_n z z^T is a
+            return GaussianStats(counts, _dot(resp.T, x), self._raw_moments(x, resp))
+        if self.covariance_type == "full":
+            return self._stats_exact(x, resp, params, counts)
+        fast, risky = self._stats_fast(x, resp, params, counts)
+        return jax.lax.cond(_any_in_batch(risky),
+                            lambda: self._stats_exact(x, resp, params, counts),
+                            lambda: fast)
+
+    def _stats_exact(self, x, resp, params, counts):
+        """Second moments from direct differences ``x_n - mu_k``: ``(K, n, D)`` work."""
+        # z_kn = sqrt(r_nk) (x_n - mu_k), component-major so that sum_n z z^T is a
         # batched GEMM over k.
-        z = jnp.sqrt(resp.T)[:, :, None] * (x[None] - self._shift(params, x)[:, None])
+        z = jnp.sqrt(resp.T)[:, :, None] * (x[None] - params.means[:, None])
         sum_xx = jnp.einsum(_SUM_XX[self.covariance_type], z, z, precision=_HIGHEST)
-        return GaussianStats(counts, sum_x, sum_xx)
+        return GaussianStats(counts, _dot(resp.T, x), sum_xx)
+
+    def _stats_fast(self, x, resp, params, counts):
+        """:class:`GaussianStats` about the current means as GEMMs about the rows' mean
+        ``c``, and whether they may be inaccurate (a scalar bool).
+
+        With ``m_k = mu_k - c``, ``s_k = sum_n r_nk (x_n - c)`` and ``q_k`` the second
+        moment about ``c``: ``sum_n r_nk (x_n - mu_k)^2 = q_k - 2 m_k s_k + counts_k m_k^2``.
+        Rounding leaves about ``_GAMMA eps (q_k + counts_k m_k^2)``; ``risky`` when
+        that exceeds ``_RTOL`` times the result plus ``reg_covar * counts_k`` (the
+        M-step adds ``reg_covar`` to the variance).
+        """
+        params, x = _materialise(params, x)
+        c = jnp.mean(x, axis=0)
+        xc = x - c
+        m = params.means - c
+        s = _dot(resp.T, xc)  # (K, D)
+        sum_x = s + counts[:, None] * c
+        ct = self.covariance_type
+        if ct == "diag":
+            q = _dot(resp.T, xc * xc)
+            sum_xx = q - m * (2.0 * s - counts[:, None] * m)
+            big = q + counts[:, None] * m * m
+            scale = jnp.maximum(sum_xx, 0.0) + self.reg_covar * counts[:, None]
+        elif ct == "spherical":
+            q = _dot(resp.T, jnp.sum(xc * xc, axis=1))
+            sum_xx = q - jnp.sum(m * (2.0 * s - counts[:, None] * m), axis=1)
+            big = q + counts * jnp.sum(m * m, axis=1)
+            scale = jnp.maximum(sum_xx, 0.0) + self.reg_covar * x.shape[-1] * counts
+        else:  # tied: sum_k sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T
+            q = _dot((xc * jnp.sum(resp, axis=1)[:, None]).T, xc)
+            ms = jnp.einsum("kd,ke->de", m, s, precision=_HIGHEST)
+            mm = jnp.einsum("k,kd,ke->de", counts, m, m, precision=_HIGHEST)
+            sum_xx = q - ms - ms.T + mm
+            big = jnp.diagonal(q) + jnp.diagonal(mm)
+            scale = (jnp.maximum(jnp.diagonal(sum_xx), 0.0)
+                     + self.reg_covar * jnp.sum(counts))
+        risky = jnp.any((_GAMMA * jnp.finfo(x.dtype).eps) * big > _RTOL * scale)
+        return GaussianStats(counts, sum_x, sum_xx), risky
 
     def _raw_moments(self, x, resp):
         """``sum_xx`` about 0, each a single GEMM."""
@@ -282,6 +422,36 @@ class Gaussian(Mixture):
         else:
             prec_chol = jnp.exp(-0.5 * scale)
         return GaussianParams(jax.nn.softmax(u["logits"]), u["means"], prec_chol)
+
+
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` at full precision (no TF32 on a GPU): the fast forms cancel terms."""
+    return jnp.matmul(a, b, precision=_HIGHEST)
+
+
+def _materialise(params, x):
+    """``(params, x)`` computed once before the fast forms use them.
+
+    The terms of a fast form are separate fusions; were ``x`` or the means recomputed
+    in each (XLA does so with the engine's centring ``x - shift``, rounding ``shift``
+    differently per fusion: 1/16 apart at 1e6 in float32), their cancellation would
+    not be exact. The direct differences are one fusion and need no barrier.
+    """
+    return jax.lax.optimization_barrier((params, x))
+
+
+@custom_vmap
+def _any_in_batch(pred: jax.Array) -> jax.Array:
+    """``pred`` (a scalar bool); under ``vmap`` it is True for every member when it is
+    for any, so a ``lax.cond`` on it stays a branch instead of computing both sides
+    (vmapped restarts then all take the exact path when one of them needs it)."""
+    return pred
+
+
+@_any_in_batch.def_vmap
+def _any_in_batch_vmap(axis_size, in_batched, pred):
+    del axis_size
+    return (jnp.any(pred) if in_batched[0] else pred), False
 
 
 def _precision_cholesky(cov: jax.Array) -> jax.Array:

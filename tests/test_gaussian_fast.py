@@ -1,0 +1,111 @@
+"""The GEMM (fast) E-step of diag/spherical/tied Gaussians against float64 and the exact form.
+
+The fast forms expand squares about the rows' mean; a tight component far from it makes
+them cancel, and the family must then fall back to direct differences. Oracles here are
+float64 computations from the same float32 inputs.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxem
+from jaxem import em
+from jaxem.families.gaussian import GaussianParams
+
+D = 4
+
+
+def _data_and_params(ct, far, sigma_tight):
+    """A broad blob at 0 and a tight one ``far`` away (float32), with the true params."""
+    rng = np.random.default_rng(3)
+    broad = rng.normal(size=(300, D))
+    tight = far + sigma_tight * rng.normal(size=(100, D))
+    x = np.concatenate([broad, tight]).astype(np.float32)
+    means = np.stack([np.zeros(D), np.full(D, far)])
+    var = np.array([1.0, sigma_tight**2])
+    fam = jaxem.gaussian(ct)
+    if ct == "diag":
+        prec = 1 / np.sqrt(np.repeat(var[:, None], D, axis=1))
+    elif ct == "spherical":
+        prec = 1 / np.sqrt(var)
+    else:  # tied: one covariance, the tight one
+        prec = np.eye(D) / sigma_tight
+    params = GaussianParams(np.array([0.75, 0.25], np.float32), means.astype(np.float32),
+                            prec.astype(np.float32))
+    return fam, x, params
+
+
+def _loglik64(ct, params, x):
+    """Per-row log-likelihood in float64 from the (float32) inputs, directly."""
+    w, mu, p = (np.asarray(a, np.float64) for a in params)
+    x = np.asarray(x, np.float64)
+    diff = x[:, None, :] - mu[None]
+    if ct == "diag":
+        maha, log_det = np.sum((diff * p) ** 2, -1), np.sum(np.log(p), 1)
+    elif ct == "spherical":
+        maha, log_det = np.sum(diff**2, -1) * p**2, D * np.log(p)
+    else:
+        maha, log_det = np.sum((diff @ p) ** 2, -1), np.sum(np.log(np.diag(p)))
+    lj = np.log(w) + log_det - 0.5 * (D * np.log(2 * np.pi) + maha)
+    top = lj.max(1, keepdims=True)
+    return (top + np.log(np.exp(lj - top).sum(1, keepdims=True)))[:, 0]
+
+
+@pytest.mark.parametrize("ct", ["diag", "spherical", "tied"])
+@pytest.mark.parametrize("far,sigma", [(3.0, 1.0), (50.0, 1e-3)])
+def test_log_likelihood_float32_close_to_float64(ct, far, sigma):
+    # (3, 1): the fast GEMM form applies; (50, 1e-3): 5e4 standard deviations from the
+    # rows' mean, where the expanded form would lose all digits, so the exact one runs.
+    fam, x, params = _data_and_params(ct, far, sigma)
+    got = np.asarray(jax.jit(lambda p, x: em.log_likelihood(fam, p, x))(params, x))
+    ref = _loglik64(ct, params, x)
+    # float32 rounding of log-densities of size |ref| plus the fast form's documented
+    # bound (_RTOL = 1e-4 relative to D + maha, halved in the log-density).
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4 * D)
+
+
+@pytest.mark.parametrize("ct", ["diag", "spherical", "tied"])
+def test_fast_form_used_and_equal_to_exact(ct):
+    fam, x, params = _data_and_params(ct, 3.0, 1.0)
+    c = jnp.mean(x, axis=0)
+    assert not bool(fam._maha_risky(params, c))
+    np.testing.assert_allclose(fam._maha_fast(params, x, c), fam._maha_exact(params, x),
+                               rtol=1e-5, atol=1e-4)
+    fast = fam.stats(x, jax.nn.one_hot((jnp.arange(x.shape[0]) >= 300).astype(jnp.int32), 2), params)
+    exact = fam._stats_exact(x, jax.nn.one_hot((jnp.arange(x.shape[0]) >= 300).astype(jnp.int32), 2), params,
+                             fast.counts)
+    for a, b in zip(fast, exact):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+    _, far_params = _data_and_params(ct, 50.0, 1e-3)[::2]
+    assert bool(fam._maha_risky(far_params, c))
+
+
+@pytest.mark.parametrize("ct", ["diag", "spherical"])
+def test_em_step_tight_far_component_float32_close_to_float64(ct):
+    # One EM step: the tight component's new variance from float32 stats about the rows'
+    # mean would be pure rounding noise (variance 1e-6 at distance 50); the fallback keeps
+    # it to float32 accuracy of the differences.
+    fam, x, params = _data_and_params(ct, 50.0, 1e-3)
+    new32, ll32 = jax.jit(lambda p, x: em.em_step(fam, p, x))(params, x)
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        new64, ll64 = em.em_step(fam, p64, jnp.asarray(x, jnp.float64))
+        cov64 = np.asarray(fam.covariances(new64))
+    np.testing.assert_allclose(ll32, ll64, rtol=1e-5)
+    # The new mean itself is float32: good to ~eps * |sum_x| / counts, here ~1e-2 of the
+    # tight standard deviation, which moves its variance by ~1e-3 relative; the expanded
+    # form without the fallback would be off by ~eps (50 / 1e-3)^2, i.e. by ~100x it.
+    np.testing.assert_allclose(np.asarray(fam.covariances(new32)), cov64, rtol=1e-2)
+    np.testing.assert_allclose(new32.means, new64.means, rtol=0, atol=1e-5 * 50)
+
+
+def test_vmapped_restarts_equal_single_when_one_needs_the_exact_form():
+    # Restart 0 is safe for the fast form, restart 1 is not: under vmap both take the
+    # exact form (one branch for the batch); each equals its own unbatched E-step.
+    fam, x, near = _data_and_params("diag", 3.0, 1.0)
+    _, _, far = _data_and_params("diag", 50.0, 1e-3)
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), near, far)
+    lj = jax.jit(jax.vmap(fam.log_joint, (0, None)))(both, x)
+    for i, p in enumerate((near, far)):
+        np.testing.assert_allclose(lj[i], fam.log_joint(p, x), rtol=1e-5, atol=1e-3)
