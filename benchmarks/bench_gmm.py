@@ -57,9 +57,61 @@ def workloads(quick: bool) -> list[dict]:
              iters=50, n_init=1),
         dict(name="N=20k D=8 K=8 full, 50 it, n_init=8", n=20_000, d=8, k=8, ct="full",
              iters=50, n_init=8),
+        # 1M rows: the slow peers get 1 timed call (gmmx: after its compiling call).
         dict(name="N=1M D=16 K=16 diag, 10 it, n_init=1", n=1_000_000, d=16, k=16, ct="diag",
-             iters=10, n_init=1),
+             iters=10, n_init=1, peer_repeats=1, gmmx_repeats=2),
+        dict(name="N=1M D=16 K=16 diag, 10 it, n_init=8", n=1_000_000, d=16, k=16, ct="diag",
+             iters=10, n_init=8, peer_repeats=1, gmmx_repeats=1),
     ]
+
+
+# -- arithmetic per EM iteration, and a plain GEMM of the same size -----------------------
+FLOP_FORMULA = {
+    # log_joint: (x*x) @ prec.T and x @ (mu*prec).T; statistics: resp.T @ x and resp.T @ (x*x)
+    "diag": "8·N·D·K (E-step 2 GEMMs of 2·N·D·K + statistics 2 GEMMs of 2·N·D·K)",
+    "spherical": "4·N·D·K (E-step x @ μᵀ 2·N·D·K + statistics resp.T @ x 2·N·D·K)",
+    # per component: (x - mu_k) @ L_k, then sum_n r_nk x_n x_n^T and resp.T @ x
+    "full": "4·N·K·D² + 2·N·D·K (E-step (x-μ_k) @ L_k 2·N·K·D² + statistics Σ r x xᵀ "
+            "2·N·K·D² + resp.T @ x 2·N·D·K)",
+    "tied": "4·N·D·K + 2·N·D² + 2·N·D·K (E-step x@L, μ@L; statistics)",
+}
+
+
+def flops_per_iter(w) -> float:
+    """Flops of one EM iteration of one restart (the GEMM-shaped work only)."""
+    n, d, k = w["n"], w["d"], w["k"]
+    return {"diag": 8.0 * n * d * k, "spherical": 4.0 * n * d * k,
+            "full": 4.0 * n * k * d * d + 2.0 * n * d * k,
+            "tied": 4.0 * n * d * k + 2.0 * n * d * d + 2.0 * n * d * k}[w["ct"]]
+
+
+def gemm_peak(w, x, chunk, repeats=5) -> dict:
+    """GFLOP/s of plain jitted float32 GEMMs with the flops of one EM iteration of all
+    restarts: (N, D) @ (D, M), M = flops / (2·N·D); whole (N×M output written) and in
+    row chunks of the jaxem chunk (each chunk's product summed over rows, as EM does)."""
+    n, d = w["n"], w["d"]
+    m = max(1, int(round(flops_per_iter(w) * w["n_init"] / (2.0 * n * d))))
+    xx = jax.block_until_ready(jnp.asarray(x, jnp.float32))
+    b = jnp.asarray(np.random.default_rng(1).normal(size=(d, m)), jnp.float32)
+    whole = jax.jit(lambda a, b: jnp.dot(a, b))
+    out = {"m": m, "flops": 2.0 * n * d * m}
+    fns = {"whole": whole}
+    if chunk and chunk < n and n % chunk == 0:
+        def chunked(a, b):
+            a3 = a.reshape(n // chunk, chunk, d)
+            def body(i, acc):
+                return acc + jnp.dot(a3[i], b).sum(0)
+            return jax.lax.fori_loop(0, n // chunk, body, jnp.zeros((m,), jnp.float32))
+        fns[f"chunk {chunk}"] = jax.jit(chunked)
+    for name, f in fns.items():
+        jax.block_until_ready(f(xx, b))
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(xx, b))
+            best = min(best, time.perf_counter() - t0)
+        out[name] = {"best_s": best, "gflops": out["flops"] / best / 1e9}
+    return out
 
 
 def make_data(w: dict, seed: int = 0):
@@ -380,7 +432,7 @@ def installed(name: str) -> bool:
 
 
 def run(args) -> dict:
-    wls = workloads(args.quick)
+    wls = [w for w in workloads(args.quick) if args.only in w["name"]]
     # Quick: only the peers that import fast (torch's import alone takes seconds).
     peers = [p for p in PEERS if p not in args.skip
              and not (args.quick and p in ("pomegranate", "torchgmm"))]
@@ -414,14 +466,21 @@ def run(args) -> dict:
         if impl.startswith("jaxem"):
             runner = JaxemRunner(w, x, starts, np.float32 if "32" in impl else np.float64)
             auto = getattr(jaxem.batch, "auto_chunk_size", lambda *a: None)  # older jaxem
-            row["chunk_size"] = w.get("chunk_size") or auto((1, w["n"], w["d"]), w["n_init"],
-                                                            w["k"])
+            try:
+                cs = auto((1, w["n"], w["d"]), w["n_init"], w["k"], runner.fam)
+            except TypeError:  # older signature without the family
+                cs = auto((1, w["n"], w["d"]), w["n_init"], w["k"])
+            row["chunk_size"] = w.get("chunk_size") or cs
+            row["chunk_auto"] = w.get("chunk_size") is None
             warm = True
         else:
             runner = peer_runner(impl, w, x, starts)
             warm = impl == "gmmx"
         # Slow single-threaded peers get fewer repeats of the long workloads.
-        reps = args.repeats if (impl.startswith("jaxem") or impl == "gmmx") else args.peer_repeats
+        reps = args.repeats if (impl.startswith("jaxem") or impl == "gmmx") else \
+            w.get("peer_repeats", args.peer_repeats)
+        if impl == "gmmx":
+            reps = w.get("gmmx_repeats", reps)
         first, times, cpu, out = time_calls(runner, reps, warm)
         checks = runner.check(out)
         row.update(first_call_s=first, times_s=times, best_s=min(times),
@@ -430,7 +489,19 @@ def run(args) -> dict:
                    n_iter=[c[1] for c in checks], final_ll=[c[0] for c in checks],
                    reported_ll=[c[2] for c in checks])
         row["ran_all_iterations"] = all(c[1] == w["iters"] for c in checks)
+        if impl.startswith("jaxem"):
+            total = flops_per_iter(w) * w["n_init"] * w["iters"]
+            itemsize = 4 if "32" in impl else 8
+            row["flops_total"] = total
+            row["gflops"] = total / row["best_s"] / 1e9
+            # one read of the N×D data per iteration (all restarts share that read)
+            row["gbytes_per_s"] = w["n"] * w["d"] * itemsize * w["iters"] / row["best_s"] / 1e9
         rows.append(row)
+        if impl == "jaxem float32":
+            peak = gemm_peak(w, x, row.get("chunk_size"))
+            rows.append(dict(workload=w["name"], impl="GEMM peak", n=w["n"], d=w["d"], k=w["k"],
+                             covariance_type=w["ct"], iters=w["iters"], n_init=w["n_init"],
+                             gemm=peak))
     # Ratios and agreement with scikit-learn, per workload.
     for w in wls:
         group = [r for r in rows if r["workload"] == w["name"]]
@@ -439,7 +510,7 @@ def run(args) -> dict:
         for r in group:
             if "best_s" not in r:
                 continue
-            if sk and "final_ll" in sk:
+            if sk and "final_ll" in r and "final_ll" in sk:
                 r["max_abs_ll_diff_vs_sklearn"] = float(np.max(np.abs(
                     np.array(r["final_ll"]) - np.array(sk["final_ll"]))))
             if jx and "best_s" in jx:
@@ -459,7 +530,7 @@ def markdown(res: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['platform']}); load average "
         f"{m['load_average_start'][0]:.1f} at the start, {m['load_average_end'][0]:.1f} at the end "
-        "(other jobs shared the machine).",
+        "(no other heavy jobs ran).",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
         "",
         "Same data, same explicit starting parameters, a fixed number of EM iterations "
@@ -472,18 +543,41 @@ def markdown(res: dict) -> str:
         "implementation's best wall time over jaxem float32's (larger = jaxem faster), "
         "*× jaxem (CPU)* the same for CPU time.",
         "",
+        "*GFLOP/s* counts the GEMM-shaped work of one EM iteration of one restart, times "
+        "iterations × restarts, over the best wall time: diag " + FLOP_FORMULA["diag"] +
+        "; full " + FLOP_FORMULA["full"] + ". *GB/s* counts one read of the N×D data per "
+        "iteration (restarts share it). *GEMM peak*: a plain jitted float32 `jnp.dot` "
+        "(N, D) @ (D, M) with M = (flops of one iteration of all restarts)/(2·N·D), measured "
+        "in the same run, whole (writes the N×M product) and in row chunks of the jaxem chunk "
+        "(each chunk's product summed over rows); its GFLOP/s is the ceiling the jaxem number "
+        "can be compared with.",
+        "",
+        "pomegranate and torchgmm (torch) are not installed in this environment; their rows "
+        "for the first three workloads are in this file's git history (commits dd5eb04 / "
+        "6b92439).",
+        "",
     ]
     for wname in dict.fromkeys(r["workload"] for r in res["rows"]):
         lines += [f"## {wname}", "",
                   "| implementation | best s | median s | CPU s | first call s | iterations | "
-                  "final mean LL | Δ LL vs sklearn | × jaxem | × jaxem (CPU) |",
-                  "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+                  "final mean LL | Δ LL vs sklearn | × jaxem | × jaxem (CPU) | GFLOP/s | GB/s |",
+                  "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         for r in res["rows"]:
             if r["workload"] != wname:
                 continue
-            name = r["impl"] + (f" (chunk_size={r['chunk_size']})" if r.get("chunk_size") else "")
+            if r["impl"] == "GEMM peak":
+                g = r["gemm"]
+                parts = [f"{k2}: {v2['best_s']:.3f} s, {v2['gflops']:.1f} GFLOP/s"
+                         for k2, v2 in g.items() if isinstance(v2, dict)]
+                lines.append(f"| GEMM peak (N,{r['d']})@({r['d']},{g['m']}) | "
+                             + "; ".join(parts) + " | | | | | | | | | "
+                             + f"{max(v2['gflops'] for v2 in g.values() if isinstance(v2, dict)):.1f} | |")
+                continue
+            name = r["impl"]
+            if r.get("chunk_size"):
+                name += f" (chunk_size={r['chunk_size']}" + (", auto" if r.get("chunk_auto") else "") + ")"
             if "best_s" not in r:
-                lines.append(f"| {name} | – | – | – | – | – | – | – | – | {r.get('note', '')} |")
+                lines.append(f"| {name} | – | – | – | – | – | – | – | – | {r.get('note', '')} | | |")
                 continue
             its = sorted(set(r["n_iter"]))
             its = f"{its[0]}" if len(its) == 1 else f"{its}"
@@ -495,7 +589,8 @@ def markdown(res: dict) -> str:
                 f"{its} | {r['final_ll'][0]:.6f} | "
                 f"{r.get('max_abs_ll_diff_vs_sklearn', float('nan')):.1e} | "
                 f"{r.get('time_over_jaxem_f32', float('nan')):.1f} | "
-                f"{r.get('cpu_over_jaxem_f32', float('nan')):.1f} |")
+                f"{r.get('cpu_over_jaxem_f32', float('nan')):.1f} | "
+                + (f"{r['gflops']:.1f} | {r['gbytes_per_s']:.2f} |" if "gflops" in r else " | |"))
         lines.append("")
     notes = {r["impl"]: r["note"] for r in res["rows"] if r.get("note")}
     if notes:
@@ -513,6 +608,7 @@ def main(argv=None):
                    help="timed calls of jaxem and gmmx after the first (default 5; quick 2)")
     p.add_argument("--peer-repeats", type=int, default=None,
                    help="timed calls of the CPU-bound peers (default 2; quick 1)")
+    p.add_argument("--only", default="", help="run the workloads whose name contains this")
     p.add_argument("--skip", nargs="*", default=[], choices=PEERS, help="peers to leave out")
     p.add_argument("--out", type=Path, default=RESULTS,
                    help="folder for gmm_cpu.json and gmm_cpu.md (not written with --quick)")
