@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import io
 import json
 import os
@@ -35,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxem
+from _env import cpu_model, versions
 import jaxem.batch
 from jaxem.families import GaussianParams
 
@@ -45,6 +45,8 @@ except ImportError:  # plain prints instead of a progress bar
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("sklearn", "gmmx", "pomegranate", "torchgmm")
+PACKAGES = ("jax", "jaxlib", "numpy", "scikit-learn", "gmmx", "pomegranate", "torch",
+            "torchgmm", "jaxem")
 
 
 # -- workloads ------------------------------------------------------------------------
@@ -398,25 +400,8 @@ def time_calls(fn, repeats: int, warm: bool):
     return first, times, cpu, out
 
 
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("jax", "jaxlib", "numpy", "scikit-learn", "gmmx", "pomegranate", "torch",
-                "torchgmm", "jaxem"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def machine() -> dict:
-    model = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "jax_devices": [str(d) for d in jax.devices()],
             "load_average_start": list(os.getloadavg())}
 
@@ -516,7 +501,7 @@ def run(args) -> dict:
             if jx and "best_s" in jx:
                 r["time_over_jaxem_f32"] = r["best_s"] / jx["best_s"]
                 r["cpu_over_jaxem_f32"] = r["best_cpu_s"] / jx["best_cpu_s"]
-    meta = dict(machine=machine(), versions=versions(), repeats=args.repeats,
+    meta = dict(machine=machine(), versions=versions(PACKAGES), repeats=args.repeats,
                 peer_repeats=args.peer_repeats, quick=args.quick)
     meta["machine"]["load_average_start"] = load_start
     meta["machine"]["load_average_end"] = list(os.getloadavg())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _env import cpu_model, versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 D, K = 16, 16
@@ -49,27 +50,11 @@ def rss_kb(field: str) -> int:
 
 
 def machine() -> dict:
-    model = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     mem = ""
     with contextlib.suppress(OSError):
         mem = Path("/proc/meminfo").read_text().splitlines()[0]
-    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "memory": mem}
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("jax", "jaxlib", "numpy", "jaxem"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def centres(seed=0, scale=3.0):
@@ -325,7 +310,7 @@ def main(argv=None):
     if args.devices_child is not None:
         print(json.dumps(part_devices_child(args.devices_child)))
         return
-    r = {"machine": machine(), "versions": versions(), "load_start": list(os.getloadavg())}
+    r = {"machine": machine(), "versions": versions(("jax", "jaxlib", "numpy", "jaxem")), "load_start": list(os.getloadavg())}
     args.tmp.mkdir(parents=True, exist_ok=True)
     for part, name, fn in (("a", "stream", lambda: part_stream(args.n_stream, args.tmp)),
                            ("b", "devices", part_devices), ("c", "online", part_online)):
