@@ -91,12 +91,12 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     if devices is not None:
         mesh, x, weights, keys, params0, n_keep = _spread(devices, shard, x, weights, keys,
                                                           params0, key)
-    if chunk_size is None:
+    if chunk_size is None:  # sized for what one device holds
         b, n, d = x.shape
         split = 1 if mesh is None else mesh.size
-        local = (b, n // split, d) if shard == "rows" else (b, n, d)
-        chunk_size = auto_chunk_size(local, -(-keys.shape[1] // split) if shard == "restarts"
-                                     else keys.shape[1], n_components, family)
+        row_split, restart_split = (split, 1) if shard == "rows" else (1, split)
+        chunk_size = auto_chunk_size((b, n // row_split, d), keys.shape[1] // restart_split,
+                                     n_components, family)
     result = _fit(family, x, weights, keys, params0, tol, n_components=n_components,
                   method=method, max_iter=max_iter, chunk_size=chunk_size, mesh=mesh,
                   shard=shard, n_keep=n_keep)
@@ -124,16 +124,15 @@ def _spread(devices, shard, x, weights, keys, params0, key):
             raise ValueError("With rows split over processes, devices must hold the same "
                              f"number of devices of every process (got {dict(per)}); pass "
                              "jax.devices().")
-        mine = [d for d in devices if d.process_index == jax.process_index()]
-        if len(mine) == n_dev:
-            n = x.shape[1]
-        else:  # several processes: each passes its own rows, padded to the largest
-            n = int(np.max(multihost_utils.process_allgather(np.array(x.shape[1]))))
-        pad = n + (-n) % len(mine) - x.shape[1]
+        n_mine = per[jax.process_index()]
+        n = x.shape[1]
+        if n_mine < n_dev:  # several processes: each passes its own rows, padded to the largest
+            n = int(np.max(multihost_utils.process_allgather(np.array(n))))
+        pad = n + (-n) % n_mine - x.shape[1]
         x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
         weights = jnp.pad(weights, ((0, 0), (0, pad)))
         rows_split = NamedSharding(mesh, P(None, AXIS))
-        if len(mine) == n_dev:
+        if n_mine == n_dev:
             x, weights = jax.device_put((x, weights), rows_split)
         else:
             x, weights = (jax.make_array_from_process_local_data(rows_split, np.asarray(a))
@@ -279,6 +278,12 @@ def _restarts(family, driver, x, weights, keys, params0, n_components, method, *
         restarts = jax.lax.with_sharding_constraint(restarts, NamedSharding(mesh, P()))
     if n_keep is not None:  # drop the restarts that only padded the device count
         restarts = jax.tree.map(lambda a: a[:, :n_keep], restarts)
+    return best_of(restarts)
+
+
+def best_of(restarts: em.EMResult) -> FitResult:
+    """Each data set's best restart of ``restarts`` (leading ``(B, n_init)`` axes):
+    the highest log-likelihood; a failed restart never wins."""
     score = jnp.where(restarts.failed | ~jnp.isfinite(restarts.log_likelihood),
                       -jnp.inf, restarts.log_likelihood)
     best = jnp.argmax(score, axis=1)

@@ -239,29 +239,20 @@ def _centre(x, w, shift):
     return jnp.where(w[:, None] > 0, x, 0.0) - shift
 
 
-def _chunk(chunk_size, rows_, n_init, n_components, d):
-    """Default E-step chunk: ~2**20 numbers of ``(chunk, K, D)`` per restart batch."""
+def _chunk(family, chunk_size, rows_, n_init, n_components, d):
+    """The E-step chunk for blocks of ``rows_`` rows: ``chunk_size`` or jaxem.fit's default."""
     if chunk_size is not None:
         return chunk_size
-    c = max(256, 2**20 // (n_init * n_components * d))
-    return None if 2 * c > rows_ else c
+    return batch.auto_chunk_size((1, rows_, d), n_init, n_components, family)
 
 
-def _best(family, restarts: em.EMResult, score, shift, what: str) -> batch.FitResult:
+def _best(family, restarts: em.EMResult, shift, what: str) -> batch.FitResult:
     """Translate back, pick the best restart (failed ones never win), raise if all failed."""
     if hasattr(family, "translate"):
         restarts = restarts._replace(
             params=jax.vmap(family.translate, (0, None))(restarts.params, shift))
-    score = jnp.where(restarts.failed | ~jnp.isfinite(score), -jnp.inf, score)
-    if bool(jnp.all(restarts.failed)):
-        raise batch.FitError(
-            f"{what} failed on every restart: the parameters became non-finite (e.g. a "
-            "singular covariance). Increase reg_covar, use fewer components, or check "
-            "the data for duplicated points or constant features.")
-    i = int(jnp.argmax(score))
-    top = jax.tree.map(lambda a: a[i], restarts)
-    return batch.FitResult(top.params, top.log_likelihood, top.trace, top.n_iter,
-                           top.converged, top.failed, jnp.array(i), restarts)
+    result = batch.best_of(jax.tree.map(lambda a: a[None], restarts))  # one data set
+    return batch._finish(result, True, True, what)
 
 
 # -- exact batch EM over passes ---------------------------------------------------------
@@ -338,7 +329,7 @@ def fit_stream(family, source, *, n_components: int, key: jax.Array, n_init: int
     shift = jnp.asarray(mean if hasattr(family, "translate") else 0 * mean, dtype)
     if hasattr(family, "translate"):
         params0 = jax.vmap(family.translate, (0, None))(params0, -shift)
-    chunk = _chunk(chunk_size, block_size, n_init, n_components, sample_x.shape[1])
+    chunk = _chunk(family, chunk_size, block_size, n_init, n_components, sample_x.shape[1])
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
         lambda p: jax.vmap(lambda q: em.e_step(family, q, jnp.zeros((1, len(mean)), dtype)))(p),
         params0))
@@ -349,7 +340,7 @@ def fit_stream(family, source, *, n_components: int, key: jax.Array, n_init: int
         blocks = _blocks(_pieces(open_pass, weights, n_rows=n_rows), block_size, dtype)
         totals = _for_each_block(blocks, step, zeros)
         state = _iterate(family, state, totals, tol)
-    return _best(family, state, state.log_likelihood, shift, "EM")
+    return _best(family, state, shift, "EM")
 
 
 # -- online (stepwise) EM -----------------------------------------------------------------
@@ -459,9 +450,9 @@ def fit_online(family, source, *, n_components: int, key: jax.Array, n_init: int
     shift = jnp.asarray(mean if centre else 0 * mean, dtype)
     if centre:
         params = jax.vmap(family.translate, (0, None))(params, -shift)
-    chunk = _chunk(chunk_size, batch_size, n_init, n_components, x0.shape[1])
+    chunk = _chunk(family, chunk_size, batch_size, n_init, n_components, x0.shape[1])
     s = _average_stats(family, params, jnp.asarray(x0, dtype), jnp.asarray(w0, dtype),
-                       shift, chunk_size=_chunk(chunk_size, len(x0), n_init,
+                       shift, chunk_size=_chunk(family, chunk_size, len(x0), n_init,
                                                 n_components, x0.shape[1]))
     if callable(step_size):
         schedule, t0, kappa = step_size, 0.0, 1.0
@@ -490,4 +481,4 @@ def fit_online(family, source, *, n_components: int, key: jax.Array, n_init: int
     params, _, failed, t = carry
     restarts = em.EMResult(params, jnp.asarray(score, dtype), jnp.asarray(trace, dtype),
                            jnp.full(n_init, int(t)), jnp.zeros(n_init, bool), failed)
-    return _best(family, restarts, restarts.log_likelihood, shift, "Online EM")
+    return _best(family, restarts, shift, "Online EM")
