@@ -221,10 +221,18 @@ class Gaussian(Mixture):
 
     def _stats_exact(self, x, resp, params, counts):
         """Second moments from direct differences ``x_n - mu_k``: ``(K, n, D)`` work."""
-        # z_kn = sqrt(r_nk) (x_n - mu_k), component-major so that sum_n z z^T is a
-        # batched GEMM over k.
-        z = jnp.sqrt(resp.T)[:, :, None] * (x[None] - params.means[:, None])
-        sum_xx = jnp.einsum(_SUM_XX[self.covariance_type], z, z, precision=_HIGHEST)
+        ct = self.covariance_type
+        if ct in ("diag", "spherical"):
+            # Squares row-major, contracted with resp over n: 4x faster on CPU than
+            # the component-major z below (measured, N=1e6, D=K=16).
+            sq = (x[:, None, :] - params.means[None]) ** 2  # (n, K, D)
+            sum_xx = jnp.einsum("nk,nkd->kd" if ct == "diag" else "nk,nkd->k", resp, sq,
+                                precision=_HIGHEST)
+        else:
+            # z_kn = sqrt(r_nk) (x_n - mu_k), component-major so that sum_n z z^T is a
+            # batched GEMM over k.
+            z = jnp.sqrt(resp.T)[:, :, None] * (x[None] - params.means[:, None])
+            sum_xx = jnp.einsum(_SUM_XX[ct], z, z, precision=_HIGHEST)
         return GaussianStats(counts, _dot(resp.T, x), sum_xx)
 
     def _stats_fast(self, x, resp, params, counts):
