@@ -7,6 +7,7 @@ from jaxem.estimators import CategoricalHMM, GaussianHMM, GaussianMixture, KMean
 from jaxem.families import gaussian, kmeans
 from jaxem.gradient import fit_gradient
 from jaxem.init import initialize, kmeans_plusplus
+from jaxem.persist import load, save
 from jaxem.stream import fit_online, fit_stream
 
 __version__ = "0.1.0"
@@ -15,5 +16,5 @@ __all__ = [
     "CategoricalHMM", "EMResult", "FitError", "FitResult", "GaussianHMM", "GaussianMixture",
     "KMeans", "PoissonHMM", "compare", "datasets", "e_step", "em", "em_step", "families",
     "fit", "fit_gradient", "fit_online", "fit_stream", "gaussian", "hmm_inference", "initialize", "kmeans",
-    "kmeans_plusplus", "log_likelihood", "m_step", "responsibilities", "run",
+    "kmeans_plusplus", "load", "log_likelihood", "m_step", "responsibilities", "run", "save",
 ]
