@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 from jax.scipy.linalg import solve_triangular
 
+from jaxem.families import gaussian_missing
 from jaxem.families.base import Mixture, family
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -56,13 +57,16 @@ class GaussianStats(NamedTuple):
     sum_xx: jax.Array  # second moments, see the module table
 
 
-@family(static=("covariance_type",))
+@family(static=("covariance_type", "missing"))
 class Gaussian(Mixture):
     """A Gaussian mixture family.
 
     Args:
       covariance_type: one of ``full``, ``tied``, ``diag``, ``spherical`` (static).
       reg_covar: added to the diagonal of every covariance (traced: no recompilation).
+      missing: rows may have missing entries (NaN), handled by exact EM (see
+        :mod:`jaxem.families.gaussian_missing`); static. The engine sets it when the
+        data have NaN.
 
     >>> import jax.numpy as jnp
     >>> fam = Gaussian("diag")
@@ -77,6 +81,9 @@ class Gaussian(Mixture):
 
     covariance_type: str = "full"
     reg_covar: float = 1e-6
+    missing: bool = False
+
+    supports_missing = True  # a declared capability: the engine may set ``missing``
 
     @property
     def gemm_rows(self) -> bool:
@@ -99,6 +106,8 @@ class Gaussian(Mixture):
         :meth:`_maha_fast`), falling back to direct differences for a block of rows
         where those would lose float32 accuracy; ``full`` is one GEMM and differences.
         """
+        if self.missing:
+            return gaussian_missing.log_joint(self, params, x)
         p = params.precisions_cholesky
         d = x.shape[-1]
         ct = self.covariance_type
@@ -209,6 +218,11 @@ class Gaussian(Mixture):
         mean (see :meth:`_stats_fast`), with direct differences for a block of rows
         where those would lose float32 accuracy; ``full`` uses direct differences.
         """
+        if self.missing:
+            if params is None:
+                raise ValueError("statistics of rows with missing entries need the current "
+                                 "parameters (their conditional expectations).")
+            return gaussian_missing.stats(self, x, resp, params)
         counts = jnp.sum(resp, axis=0)
         if params is None:  # about 0: plain GEMMs over the rows (e.g. HMM emissions)
             return GaussianStats(counts, _dot(resp.T, x), self._raw_moments(x, resp))
@@ -495,6 +509,8 @@ def _precision_cholesky(cov: jax.Array) -> jax.Array:
     return jnp.swapaxes(solve_triangular(chol, eye, lower=True), -1, -2)
 
 
-def gaussian(covariance_type: str = "full", reg_covar: float = 1e-6) -> Gaussian:
-    """The Gaussian mixture family of the given covariance type."""
-    return Gaussian(covariance_type, reg_covar)
+def gaussian(covariance_type: str = "full", reg_covar: float = 1e-6,
+             missing: bool = False) -> Gaussian:
+    """The Gaussian mixture family of the given covariance type (``missing``: rows may
+    have NaN entries, fitted by exact EM)."""
+    return Gaussian(covariance_type, reg_covar, missing)
