@@ -39,17 +39,28 @@ class EMResult(NamedTuple):
     failed: Array  # () bool: the M-step gave non-finite parameters; the last good kept
 
 
-def _rows(family, params, x, weights):
-    """Sums over a block of rows: ``(stats, sum w * log p(x), sum w)``."""
-    resp, ll_rows = family.posterior(family.log_joint(params, x))
+def _rows(family, params, x, weights, labels=None):
+    """Sums over a block of rows: ``(stats, sum w * log p(x), sum w)``.
+
+    ``labels (n,)``: a row with label ``k >= 0`` has its responsibilities clamped to
+    component ``k`` and contributes ``log p(x, z = k)``; -1 marks an unlabelled row
+    (semi-supervised EM maximises the sum of both kinds of terms)."""
+    log_joint = family.log_joint(params, x)
+    resp, ll_rows = family.posterior(log_joint)
+    if labels is not None:
+        known = labels >= 0
+        onehot = jax.nn.one_hot(labels, log_joint.shape[-1], dtype=resp.dtype)
+        resp = jnp.where(known[:, None], onehot, resp)
+        ll_rows = jnp.where(known, jnp.sum(onehot * jnp.where(onehot > 0, log_joint, 0.0),
+                                           axis=-1), ll_rows)
     stats = family.stats(x, resp * weights[:, None], params)
     ll_sum = jnp.sum(jnp.where(weights > 0, weights * ll_rows, 0.0))
     return stats, ll_sum, jnp.sum(weights)
 
 
 def e_step(family, params: PyTree, x: Array, weights: Array | None = None,
-           chunk_size: int | None = None, axis_name: str | None = None
-           ) -> tuple[PyTree, Array, Array]:
+           chunk_size: int | None = None, axis_name: str | None = None,
+           labels: Array | None = None) -> tuple[PyTree, Array, Array]:
     """The E-step as additive sums.
 
     Args:
@@ -60,6 +71,8 @@ def e_step(family, params: PyTree, x: Array, weights: Array | None = None,
       chunk_size: process rows in chunks of this many, so the largest live array is
         ``(chunk_size, K, D)`` rather than ``(n_samples, K, D)``. ``None``: all at once.
       axis_name: inside ``shard_map`` over rows, the mesh axis to ``psum`` the sums over.
+      labels: ``(n_samples,)`` int component labels, -1 where unknown (partial labels;
+        mixture families only).
 
     Returns:
       ``(stats, sum of weighted log-likelihoods, sum of weights)``, over all devices.
@@ -67,9 +80,14 @@ def e_step(family, params: PyTree, x: Array, weights: Array | None = None,
     if weights is None:
         weights = jnp.ones(x.shape[0], dtype=x.dtype)
     if hasattr(family, "e_step"):
+        if labels is not None:
+            raise ValueError(f"partial labels are for mixtures, not {type(family).__name__}.")
         return rows.psum(family.e_step(params, x, weights), axis_name)
-    return rows.sum_rows(lambda xc, wc, _: _rows(family, params, xc, wc), x, weights,
-                         chunk_size, axis_name)
+    if labels is None:
+        return rows.sum_rows(lambda xc, wc, _: _rows(family, params, xc, wc), x, weights,
+                             chunk_size, axis_name)
+    return rows.sum_rows(lambda xl, wc, _: _rows(family, params, xl[0], wc, xl[1]),
+                         (x, labels), weights, chunk_size, axis_name)
 
 
 def m_step(family, stats: PyTree, params: PyTree | None = None) -> PyTree:
@@ -78,10 +96,10 @@ def m_step(family, stats: PyTree, params: PyTree | None = None) -> PyTree:
 
 
 def em_step(family, params: PyTree, x: Array, weights: Array | None = None,
-            chunk_size: int | None = None, axis_name: str | None = None
-            ) -> tuple[PyTree, Array]:
+            chunk_size: int | None = None, axis_name: str | None = None,
+            labels: Array | None = None) -> tuple[PyTree, Array]:
     """One EM iteration: ``(new params, mean log-likelihood at the old params)``."""
-    stats, ll_sum, w_sum = e_step(family, params, x, weights, chunk_size, axis_name)
+    stats, ll_sum, w_sum = e_step(family, params, x, weights, chunk_size, axis_name, labels)
     return m_step(family, stats, params), ll_sum / w_sum
 
 
@@ -136,7 +154,8 @@ def advance(state: EMResult, new_params: PyTree, log_likelihood: Array,
 
 def run(family, params: PyTree, x: Array, weights: Array | None = None, *,
         max_iter: int = 100, tol: float | Array = 1e-3,
-        chunk_size: int | None = None, axis_name: str | None = None) -> EMResult:
+        chunk_size: int | None = None, axis_name: str | None = None,
+        labels: Array | None = None) -> EMResult:
     """Run EM from ``params`` on one data set (pure; jit and vmap it freely).
 
     Args:
@@ -148,10 +167,13 @@ def run(family, params: PyTree, x: Array, weights: Array | None = None, *,
       tol: stop when the mean log-likelihood changes by at most this (traced).
       chunk_size: rows per chunk of the E-step (static), ``None`` for all at once.
       axis_name: the mesh axis the rows are split over (inside ``shard_map``), or None.
+      labels: ``(n_samples,)`` component labels, -1 for unlabelled rows (see
+        :func:`e_step`); the recorded log-likelihood is then the semi-supervised one.
     """
 
     def body(state: EMResult):
-        new_params, ll = em_step(family, state.params, x, weights, chunk_size, axis_name)
+        new_params, ll = em_step(family, state.params, x, weights, chunk_size, axis_name,
+                                 labels)
         return advance(state, new_params, ll, tol)
 
     return jax.lax.while_loop(running, body, start(params, max_iter))

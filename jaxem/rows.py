@@ -26,23 +26,25 @@ def row_offset(n_local: int, axis_name: str | None) -> Array:
     return (jax.lax.axis_index(axis_name) * n_local).astype(jnp.int32)
 
 
-def scan_rows(fn: Callable, carry: PyTree, x: Array, weights: Array,
+def scan_rows(fn: Callable, carry: PyTree, x: PyTree, weights: Array,
               chunk_size: int | None = None, axis_name: str | None = None) -> PyTree:
     """Fold ``carry = fn(carry, x_chunk, w_chunk, rows)`` over chunks of this device's rows.
 
-    ``rows`` are the chunk's global row indices ``(chunk,)``. Chunks are read in place
+    ``x`` is an array or a pytree of arrays with the rows on their leading axis (e.g.
+    the data and per-row labels). ``rows`` are the chunk's global row indices
+    ``(chunk,)``. Chunks are read in place
     (no padded copy of ``x``); when ``chunk_size`` does not divide ``n_samples``, the
     last chunk is the last ``chunk_size`` rows with the weights of the rows already seen
     set to 0, which ``fn`` must treat as absent (as it treats padding).
     """
-    n = x.shape[0]
+    n = weights.shape[0]
     offset = row_offset(n, axis_name)
     if chunk_size is None or chunk_size >= n:
         return fn(carry, x, weights, offset + jnp.arange(n, dtype=jnp.int32))
     local = jnp.arange(chunk_size, dtype=jnp.int32)
 
     def at(carry, start, seen):
-        xc = jax.lax.dynamic_slice_in_dim(x, start, chunk_size)
+        xc = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk_size), x)
         wc = jax.lax.dynamic_slice_in_dim(weights, start, chunk_size)
         return fn(carry, xc, jnp.where(start + local < seen, 0, wc), offset + start + local)
 
@@ -53,12 +55,13 @@ def scan_rows(fn: Callable, carry: PyTree, x: Array, weights: Array,
     return carry
 
 
-def sum_rows(fn: Callable, x: Array, weights: Array, chunk_size: int | None = None,
+def sum_rows(fn: Callable, x: PyTree, weights: Array, chunk_size: int | None = None,
              axis_name: str | None = None) -> PyTree:
     """``sum over chunks of fn(x_chunk, w_chunk, rows)``, summed over devices too."""
     zeros = jax.tree.map(
         lambda s: jnp.zeros(s.shape, s.dtype),
-        jax.eval_shape(fn, x[:1], weights[:1], jnp.zeros(1, jnp.int32)))
+        jax.eval_shape(fn, jax.tree.map(lambda a: a[:1], x), weights[:1],
+                       jnp.zeros(1, jnp.int32)))
     add = lambda total, xc, wc, rows: jax.tree.map(jnp.add, total, fn(xc, wc, rows))
     total = scan_rows(add, zeros, x, weights, chunk_size, axis_name)
     return psum(total, axis_name)
