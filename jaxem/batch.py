@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
+import operator
 from typing import Any, NamedTuple
 
 import jax
@@ -84,7 +86,12 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     """
     if shard not in ("rows", "restarts"):
         raise ValueError(f"shard must be 'rows' or 'restarts', got {shard!r}.")
-    single = jnp.ndim(x) == 2
+    max_iter, tol = check_int("max_iter", max_iter), check_tol(tol)
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size)
+    x = as_data(x)
+    single = x.ndim == 2
+    family = with_missing(family, x)
     x, weights, keys, method, params0 = _prepare(family, x, weights, key, n_init,
                                                  n_components, init)
     mesh, n_keep = None, None
@@ -100,7 +107,7 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     result = _fit(family, x, weights, keys, params0, tol, n_components=n_components,
                   method=method, max_iter=max_iter, chunk_size=chunk_size, mesh=mesh,
                   shard=shard, n_keep=n_keep)
-    return _finish(result, single, check, "EM")
+    return _finish(result, single, check, "EM", family, (x, weights))
 
 
 def _spread(devices, shard, x, weights, keys, params0, key):
@@ -151,12 +158,35 @@ def _spread(devices, shard, x, weights, keys, params0, key):
     return mesh, x, weights, keys, params0, n_keep
 
 
+def with_missing(family, x):
+    """The family that fits ``x``: when ``x`` has NaN, a family that declares
+    ``supports_missing`` and has a static ``missing`` switch (the Gaussians) gets it
+    turned on (exact EM over the observed entries); others are returned as they are."""
+    if (getattr(family, "supports_missing", False) and hasattr(family, "missing")
+            and not family.missing and bool(jnp.any(jnp.isnan(jnp.asarray(x))))):
+        return dataclasses.replace(family, missing=True)
+    return family
+
+
+def _complete(family):
+    """``family`` for complete rows (its initialisation needs no missing-value EM)."""
+    return dataclasses.replace(family, missing=False) if getattr(family, "missing", False) \
+        else family
+
+
+def _accepts_nan(family) -> bool:
+    return bool(getattr(family, "supports_missing", False) and getattr(family, "missing", True))
+
+
 def _prepare(family, x, weights, key, n_init, n_components, init):
-    """Host-side checks shared with :func:`jaxem.fit_gradient`.
+    """Host-side checks shared with :func:`jaxem.fit_gradient` and the streaming fits.
 
     Returns ``(x (B, n, D), weights (B, n), keys (B, n_init), method, params0)``.
     """
-    x, weights = _check_data(jnp.asarray(x), weights, n_components)
+    check_family(family)
+    n_components, n_init = check_int("n_components", n_components), check_int("n_init", n_init)
+    key = check_key(key)
+    x, weights = _check_data(as_data(x), weights, n_components, _accepts_nan(family))
     if isinstance(init, str):
         if init not in INIT_METHODS:
             raise ValueError(f"Unknown init {init!r}: use one of {', '.join(INIT_METHODS)} "
@@ -168,18 +198,57 @@ def _prepare(family, x, weights, key, n_init, n_components, init):
     return x, weights, keys, method, params0
 
 
-def _finish(result, single, check, what):
-    """Raise if every restart of a data set failed; drop the data-set axis of one set."""
+def _finish(result, single, check, what, family=None, data=None):
+    """Raise if every restart of a data set failed; drop the data-set axis of one set.
+
+    ``family`` and ``data`` (``(x (B, n, D), weights (B, n))``) make the message say
+    what went wrong for that family and that input (see :func:`failure_advice`).
+    """
     if check and bool(jnp.any(result.failed)):
         bad = np.flatnonzero(np.asarray(result.failed)).tolist()
-        raise FitError(
-            f"{what} failed on every restart of data set(s) {bad}: the parameters became "
-            "non-finite (e.g. a singular covariance). Increase reg_covar, use fewer "
-            "components, or check the data for duplicated points or constant features."
-        )
+        raise FitError(f"{what} failed on every restart of data set(s) {bad}: the "
+                       f"parameters became non-finite. {failure_advice(family, data)}")
     if single:
         result = jax.tree.map(lambda a: a[0], result)
     return result
+
+
+def failure_advice(family, data=None) -> str:
+    """What to change after a failed fit, for ``family`` and the data ``(x, weights)``.
+
+    Data whose spread squared overflows the float type (float32: about 1e19) is the
+    cause whatever the family; otherwise the advice names the family's own knobs.
+    """
+    if data is not None:
+        x, w = data
+        pos = w[..., None] > 0
+        mean = jnp.sum(jnp.where(pos, x, 0.0), axis=-2, keepdims=True) / jnp.maximum(
+            jnp.sum(pos, axis=-2, keepdims=True), 1)
+        spread = float(jnp.max(jnp.where(pos, jnp.abs(x - mean), 0.0)))
+        limit = float(np.sqrt(np.finfo(x.dtype).max / max(x.shape[-1], 1))) / 10
+        if spread > limit:
+            return (f"The data spread over about {spread:.1e}, so squared distances "
+                    f"overflow {x.dtype}: rescale x (e.g. standardise each feature)"
+                    + (" or use float64 (jax.config.update('jax_enable_x64', True) and "
+                       "float64 data)." if x.dtype == jnp.float32 else "."))
+    name = type(family).__name__
+    if name == "KMeans":
+        return ("k-means centres become non-finite only when the distances overflow or "
+                "the starting centres are not finite: check init and the data's scale.")
+    if hasattr(family, "reg_covar"):
+        return (f"A covariance became singular (a component collapsed onto duplicated "
+                f"points or a constant feature): increase reg_covar (now "
+                f"{float(family.reg_covar):g}), use fewer components, or remove "
+                "duplicated points and constant features.")
+    emission = getattr(family, "emission", None)
+    if emission is not None and hasattr(emission, "covars_prior"):
+        return ("An emission covariance became singular (a state collapsed onto "
+                "constant or duplicated observations): raise the emission's "
+                "covars_prior/covars_weight, use fewer states, or remove constant features.")
+    if emission is not None:
+        return ("A probability became non-finite: raise the emission's prior (e.g. "
+                "emissionprob_prior or lambdas_prior), use fewer states, or check the data.")
+    return "Check the data's scale and the starting parameters, or use fewer components."
 
 
 def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int | None:
@@ -232,10 +301,16 @@ def _restarts(family, driver, x, weights, keys, params0, n_components, method, *
     device runs its restarts on all the rows, no communication until the best-of).
     """
 
+    missing = getattr(family, "missing", False) is True
+
     def one(key, params, x, w, shift, axis_name):
         if params is None:
             if hasattr(family, "init"):
                 params = family.init(key, x, w, n_components, method)
+            elif missing:  # start from the complete family on mean-imputed (0) centred rows
+                params = initialize(_complete(family), key,
+                                    jnp.where(jnp.isnan(x), 0.0, x), w, n_components, method,
+                                    chunk_size=chunk_size, axis_name=axis_name)
             else:
                 params = initialize(family, key, x, w, n_components, method,
                                     chunk_size=chunk_size, axis_name=axis_name)
@@ -253,8 +328,14 @@ def _restarts(family, driver, x, weights, keys, params0, n_components, method, *
         shift = None
         if hasattr(family, "translate"):
             # Fit centred data: float32 moments stay accurate far from the origin.
-            mass = rows.sum_rows(lambda xc, wc, _: (wc @ xc, jnp.sum(wc)), x, w, chunk_size,
-                                 axis_name)
+            if missing:  # each feature's mean over the rows where it is observed
+                mass = rows.sum_rows(
+                    lambda xc, wc, _: (wc @ jnp.where(jnp.isnan(xc), 0.0, xc),
+                                       wc @ (~jnp.isnan(xc)).astype(xc.dtype)),
+                    x, w, chunk_size, axis_name)
+            else:
+                mass = rows.sum_rows(lambda xc, wc, _: (wc @ xc, jnp.sum(wc)), x, w,
+                                     chunk_size, axis_name)
             shift = mass[0] / mass[1]
             x = x - shift
         return jax.vmap(one, (0, 0, None, None, None, None))(keys, params, x, w, shift,
@@ -295,13 +376,15 @@ def best_of(restarts: em.EMResult) -> FitResult:
 
 def initial_params(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
                    weights=None, init: str | PyTree = "kmeans") -> PyTree:
-    """The starting points :func:`jaxem.fit` would use for ``key``: ``(n_init, ...)``."""
+    """The starting points :func:`jaxem.fit` would use for ``key``: ``(n_init, ...)``,
+    or ``(n_datasets, n_init, ...)`` for a batch ``x``."""
     x3, w3, keys, method, params0 = _prepare(family, x, weights, key, n_init,
                                                    n_components, init)
     if method is None:
-        return jax.tree.map(lambda a: a[0], params0)
-    params = _initial(family, x3, w3, keys, n_components=n_components, method=method)
-    return jax.tree.map(lambda a: a[0], params)  # the one data set
+        params = params0
+    else:
+        params = _initial(family, x3, w3, keys, n_components=n_components, method=method)
+    return params if jnp.ndim(x) == 3 else jax.tree.map(lambda a: a[0], params)
 
 
 @functools.partial(jax.jit, static_argnames=("n_components", "method"))
@@ -316,36 +399,149 @@ def _initial(family, x, weights, keys, *, n_components, method):
     return out.restarts.params
 
 
-def _check_data(x, weights, n_components):
+# -- host-side checks, before anything is compiled --------------------------------------
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an ``int``, or a ValueError naming ``name``: an integer >= ``minimum``
+    (``2.5``, ``2.0`` and ``True`` are refused: a count is not a float or a flag)."""
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} "
+                         f"({type(value).__name__}).") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {number}.")
+    return number
+
+
+def check_tol(tol, name: str = "tol") -> float:
+    """``tol`` as a float, or a ValueError for NaN or a non-number. A negative ``tol``
+    (``-inf`` included) is allowed: the change is never that small, so the fit runs
+    exactly ``max_iter`` iterations (hmmlearn's ``tol=-inf`` idiom; ``tol=0`` stops at an
+    exactly repeated value)."""
+    try:
+        value = float(tol)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {tol!r}.") from None
+    if np.isnan(value):
+        raise ValueError(f"{name} must be a number, not NaN (a negative tol runs exactly "
+                         "max_iter iterations).")
+    return value
+
+
+def check_key(key) -> jax.Array:
+    """``key`` if it is one JAX PRNG key (typed, or a legacy ``uint32`` key), else a
+    TypeError that says how to make one."""
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return key
+        if key.dtype == np.uint32 and key.shape == (2,):  # jax.random.PRNGKey(0)
+            return jax.random.wrap_key_data(jnp.asarray(key), impl="threefry2x32")
+    what = (f"an array of shape {key.shape} and dtype {key.dtype}"
+            if hasattr(key, "shape") and hasattr(key, "dtype") else repr(key))
+    raise TypeError(f"key must be one JAX PRNG key, e.g. key=jax.random.key(0); got {what}.")
+
+
+def check_family(family) -> None:
+    """A TypeError unless ``family`` is a model family (``log_joint`` or ``e_step``,
+    and ``m_step``); a ValueError for a negative or NaN ``reg_covar``."""
+    if not (hasattr(family, "m_step") and (hasattr(family, "log_joint")
+                                           or hasattr(family, "e_step"))):
+        raise TypeError(f"family must be a jaxem model family such as "
+                        f"jaxem.gaussian('full') or jaxem.kmeans(), got {family!r}.")
+    reg = getattr(family, "reg_covar", None)
+    if reg is not None and not isinstance(reg, jax.core.Tracer) and not float(reg) >= 0:
+        raise ValueError(f"reg_covar must be a non-negative number, got {reg!r}.")
+
+
+def as_data(x, name: str = "x", ndims: tuple[int, ...] = (2, 3)) -> jax.Array:
+    """``x`` as a floating JAX array of ``ndims`` dimensions with no empty axis, or a
+    clear error: scipy sparse (TypeError: densify it yourself, knowing the memory it
+    takes), float16, complex, strings, objects, ragged lists (ValueError). Integers and
+    booleans become the default float type."""
+    if type(x).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name} is a scipy sparse matrix, but jaxem fits dense arrays: "
+                        f"pass {name}.toarray() (it needs n_samples * n_features floats "
+                        "of memory).")
+    if isinstance(x, (str, bytes)):
+        raise ValueError(f"{name} must be a numeric array, got a string {x!r:.40}.")
+    if not isinstance(x, jax.Array):
+        try:
+            x = np.asarray(x)
+        except ValueError as e:  # ragged nested lists
+            raise ValueError(f"{name} must be a rectangular numeric array: {e}") from None
+    dtype = check_dtype(x.dtype, name)
+    if x.ndim not in ndims:
+        shapes = " or ".join({2: "(n_samples, n_features)",
+                              3: "(n_datasets, n_samples, n_features)"}[d] for d in ndims)
+        hint = f" (one feature: {name}.reshape(-1, 1))" if x.ndim == 1 else ""
+        raise ValueError(f"{name} must have shape {shapes}, got {tuple(x.shape)}{hint}.")
+    if 0 in x.shape:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}; every axis needs at "
+                         "least one entry.")
+    if dtype.kind != "f":
+        x = np.asarray(x, jax.dtypes.canonicalize_dtype(float))
+    return jnp.asarray(x)
+
+
+def check_dtype(dtype, name: str = "x") -> np.dtype:
+    """``dtype`` if it is boolean, integer, float32 or float64; else a ValueError."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise ValueError(f"{name} is complex ({dtype}); jaxem fits real data: pass its real "
+                         "part, or real and imaginary parts as separate features.")
+    if dtype.kind == "f" and dtype.itemsize < 4 or dtype == jnp.bfloat16:
+        raise ValueError(f"{name} has dtype {dtype}, too imprecise for EM: convert it with "
+                         f"{name}.astype(np.float32) (or float64).")
+    if dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a numeric (integer or floating) array, got dtype "
+                         f"{dtype}; convert it, e.g. np.asarray({name}, dtype=np.float32).")
+    return dtype
+
+
+def _check_data(x, weights, n_components, allow_nan=False):
     """Validate and bring to ``(B, n, D)`` data and ``(B, n)`` weights."""
-    if x.ndim not in (2, 3):
-        raise ValueError(f"x must have shape (n_samples, n_features) or "
-                         f"(n_datasets, n_samples, n_features), got {x.shape}.")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
     x3 = x if x.ndim == 3 else x[None]
     if weights is None:
         w3 = jnp.ones(x3.shape[:2], x.dtype)
     else:
-        w = jnp.asarray(weights, x.dtype)
+        w = np.asarray(weights) if not isinstance(weights, jax.Array) else weights
+        if np.dtype(w.dtype).kind not in "biuf":
+            raise ValueError(f"weights must be real numbers, got dtype {w.dtype}.")
+        w = jnp.asarray(w, x.dtype)
         w3 = w if w.ndim == 2 else w[None]
         if w3.shape != x3.shape[:2]:
             raise ValueError(f"weights must have shape {x.shape[:-1]}, got {w.shape}.")
         if not bool(jnp.all(jnp.isfinite(w3) & (w3 >= 0))):
-            raise ValueError("weights must be finite and non-negative.")
-    if not bool(jnp.all(jnp.isfinite(jnp.where(w3[..., None] > 0, x3, 0.0)))):
-        raise ValueError("x contains NaN or infinity; remove or impute those rows "
-                         "(or give them weight 0).")
+            raise ValueError("weights must be finite and non-negative (no NaN, inf or "
+                             "negative entries).")
+        zero = np.flatnonzero(np.asarray(jnp.sum(w3, axis=1) <= 0)).tolist()
+        if zero:
+            raise ValueError(f"weights are all zero in data set(s) {zero}: at least "
+                             f"n_components={n_components} rows need positive weight.")
+    used = w3[..., None] > 0
+    if allow_nan:  # missing entries are NaN; a row needs one observed value
+        if bool(jnp.any(jnp.isinf(jnp.where(used, x3, 0.0)))):
+            raise ValueError("x contains infinity; remove those rows or give them weight 0.")
+        empty = np.argwhere(np.asarray(jnp.all(jnp.isnan(x3), axis=-1) & used[..., 0]))
+        if len(empty):
+            raise ValueError(f"x has rows with every value missing (NaN), e.g. row "
+                             f"{empty[0, -1]}: drop them or give them weight 0.")
+    elif not bool(jnp.all(jnp.isfinite(jnp.where(used, x3, 0.0)))):
+        raise ValueError("x contains NaN or infinity; remove or impute those rows (or give "
+                         "them weight 0); Gaussian mixtures fit NaN as missing values.")
     n_rows = int(jnp.min(jnp.sum(w3 > 0, axis=1)))
     if n_rows < n_components:
         raise ValueError(f"Expected at least n_components={n_components} samples with "
-                         f"positive weight in every data set, got {n_rows}.")
+                         f"positive weight in every data set, got {n_rows}: lower "
+                         "n_components or give more rows.")
     return x3, w3
 
 
 def _broadcast_init(family, params, x, n_init, n_components):
     """Give explicit starting parameters the leading ``(B, n_init)`` axes."""
-    init_fn = getattr(family, "init", None) or functools.partial(initialize, family)
+    init_fn = getattr(family, "init", None) or functools.partial(initialize, _complete(family))
     reference = jax.eval_shape(
         lambda: init_fn(jax.random.key(0), x[0], jnp.ones(x.shape[1], x.dtype),
                         n_components, "random"))

@@ -53,6 +53,8 @@ def _open(source, block_size: int, *, hint: str):
             return (lambda: _parquet_pieces(path, block_size)), False
         else:
             raise ValueError(f"Unsupported file {path!r}: give a .npy or .parquet file.")
+    if type(source).__module__.startswith("scipy.sparse"):
+        batch.as_data(source)  # its TypeError: densify it yourself
     if isinstance(source, Iterator):
         return (lambda: source), True
     if callable(source):
@@ -60,7 +62,9 @@ def _open(source, block_size: int, *, hint: str):
     if isinstance(source, (list, tuple)) or hasattr(source, "__array__"):
         x = source if isinstance(source, np.ndarray) else np.asarray(source)
         if x.ndim != 2:
-            raise ValueError(f"x must have shape (n_samples, n_features), got {x.shape}.")
+            hint = " (one feature: x.reshape(-1, 1))" if x.ndim == 1 else ""
+            raise ValueError(f"x must have shape (n_samples, n_features), got "
+                             f"{x.shape}{hint}.")
         return (lambda: _array_pieces(x, block_size)), False
     raise TypeError(f"Cannot stream from {type(source).__name__}: {hint}")
 
@@ -114,6 +118,7 @@ def _pieces(open_pass, weights, n_components=None, n_rows=None):
     n, n_pos, d = 0, 0, None
     for x in open_pass():
         x = np.asarray(x)
+        batch.check_dtype(x.dtype)
         if x.ndim != 2 or (d is not None and x.shape[1] != d):
             raise ValueError(f"Every block must have shape (rows, n_features"
                              f"{'' if d is None else '=' + str(d)}), got {x.shape}.")
@@ -246,13 +251,27 @@ def _chunk(family, chunk_size, rows_, n_init, n_components, d):
     return batch.auto_chunk_size((1, rows_, d), n_init, n_components, family)
 
 
-def _best(family, restarts: em.EMResult, shift, what: str) -> batch.FitResult:
-    """Translate back, pick the best restart (failed ones never win), raise if all failed."""
+def _best(family, restarts: em.EMResult, shift, what: str, sample=None) -> batch.FitResult:
+    """Translate back, pick the best restart (failed ones never win), raise if all failed
+    (with advice from the in-memory ``sample = (x, w)`` of the data)."""
     if hasattr(family, "translate"):
         restarts = restarts._replace(
             params=jax.vmap(family.translate, (0, None))(restarts.params, shift))
     result = batch.best_of(jax.tree.map(lambda a: a[None], restarts))  # one data set
-    return batch._finish(result, True, True, what)
+    data = None if sample is None else tuple(jnp.asarray(a)[None] for a in sample)
+    return batch._finish(result, True, True, what, family, data)
+
+
+def _check_args(family, key, *, tol=None, chunk_size=None, **counts) -> None:
+    """The host-side argument checks of :func:`jaxem.fit`, for the streaming fits."""
+    batch.check_family(family)
+    batch.check_key(key)
+    for name, value in counts.items():
+        batch.check_int(name, value)
+    if chunk_size is not None:
+        batch.check_int("chunk_size", chunk_size)
+    if tol is not None:
+        batch.check_tol(tol)
 
 
 # -- exact batch EM over passes ---------------------------------------------------------
@@ -310,6 +329,8 @@ def fit_stream(family, source, *, n_components: int, key: jax.Array, n_init: int
     >>> bool(result.converged), result.trace.shape, result.restarts.trace.shape
     (True, (100,), (2, 100))
     """
+    _check_args(family, key, n_components=n_components, n_init=n_init, max_iter=max_iter,
+                init_size=init_size, block_size=block_size, chunk_size=chunk_size, tol=tol)
     if hasattr(family, "e_step"):
         raise ValueError("fit_stream streams rows: it needs a mixture family with a "
                          "row-wise E-step, not a sequence model.")
@@ -340,7 +361,7 @@ def fit_stream(family, source, *, n_components: int, key: jax.Array, n_init: int
         blocks = _blocks(_pieces(open_pass, weights, n_rows=n_rows), block_size, dtype)
         totals = _for_each_block(blocks, step, zeros)
         state = _iterate(family, state, totals, tol)
-    return _best(family, state, shift, "EM")
+    return _best(family, state, shift, "EM", (sample_x, sample_w))
 
 
 # -- online (stepwise) EM -----------------------------------------------------------------
@@ -432,6 +453,9 @@ def fit_online(family, source, *, n_components: int, key: jax.Array, n_init: int
       ``converged`` is False: online EM has no stopping rule. The full-data
       log-likelihood is not computed: use :func:`jaxem.log_likelihood`.
     """
+    _check_args(family, key, n_components=n_components, n_init=n_init,
+                batch_size=batch_size, n_epochs=n_epochs, init_size=init_size,
+                block_size=block_size, chunk_size=chunk_size)
     if hasattr(family, "e_step"):
         raise ValueError("fit_online needs a mixture family with a row-wise E-step.")
     open_pass, one_shot = _open(source, block_size, hint="use an array, a file path, "
@@ -481,4 +505,4 @@ def fit_online(family, source, *, n_components: int, key: jax.Array, n_init: int
     params, _, failed, t = carry
     restarts = em.EMResult(params, jnp.asarray(score, dtype), jnp.asarray(trace, dtype),
                            jnp.full(n_init, int(t)), jnp.zeros(n_init, bool), failed)
-    return _best(family, restarts, shift, "Online EM")
+    return _best(family, restarts, shift, "Online EM", (x0, w0))
