@@ -106,6 +106,8 @@ def kmeans_plusplus(key: jax.Array, x: jax.Array, weights: jax.Array, n_componen
     >>> sorted(jnp.round(centers[:, 0]).tolist())
     [0.0, 10.0]
     """
+    x = jnp.asarray(x)  # NumPy input too (rows are gathered at traced indices)
+    weights = jnp.asarray(weights, x.dtype)
     return _seeds(key, x, weights, n_components, chunk_size, axis_name)[:2]
 
 
@@ -131,8 +133,11 @@ def _seeds(key, x, weights, k, chunk_size, axis_name):
         local_pot = rows.sum_rows(potential, x, weights, chunk_size)
         pot = rows.psum(local_pot, axis_name)
         best = jnp.where(c == 0, 0, jnp.argmin(pot))
-        carry = (centers.at[c].set(cand[best]), idx.at[c].set(cand_idx[best]),
-                 cw.at[c].set(cand_w[best]), local_pot[best], pot[best])
+        # Cast to the buffers' dtypes: JAX warns (an error to come) on a scatter that
+        # narrows, e.g. int64 indices or float64 weights into int32 / float32 in x64 mode.
+        carry = (centers.at[c].set(cand[best].astype(centers.dtype)),
+                 idx.at[c].set(cand_idx[best].astype(idx.dtype)),
+                 cw.at[c].set(cand_w[best].astype(cw.dtype)), local_pot[best], pot[best])
         return carry, None
 
     init = (jnp.zeros((k, x.shape[1]), x.dtype), jnp.zeros(k, jnp.int32),
@@ -158,7 +163,8 @@ def _random_rows(key, x, weights, k, chunk_size, axis_name):
         p_fn = lambda xc, wc, r: jnp.where(jnp.any((r[:, None] == idx) & taken, axis=1), 0, wc)
         target = jax.random.uniform(key, (1,), x.dtype) * total
         row, i, w = _draw(p_fn, target, local, x, weights, chunk_size, axis_name)
-        return (picked.at[c].set(row[0]), idx.at[c].set(i[0]), pw.at[c].set(w[0])), None
+        return (picked.at[c].set(row[0].astype(picked.dtype)),
+                idx.at[c].set(i[0].astype(idx.dtype)), pw.at[c].set(w[0].astype(pw.dtype))), None
 
     init = (jnp.zeros((k, x.shape[1]), x.dtype), jnp.full(k, -1, jnp.int32),
             jnp.zeros(k, x.dtype))

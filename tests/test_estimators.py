@@ -14,6 +14,8 @@ from jaxem.datasets import load_faithful
 _WEIGHTS_VS_REPEATS = {
     "check_sample_weight_equivalence_on_dense_data":
         "random initialisation draws differ between weighted and repeated rows",
+    "check_sample_weight_equivalence_on_sparse_data":
+        "random initialisation draws differ between weighted and repeated rows",
 }
 
 
