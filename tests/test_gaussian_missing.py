@@ -152,3 +152,54 @@ def test_float32_missing_path_is_finite_and_close_to_float64():
         ref = fam.log_joint(jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p32),
                             jnp.asarray(x, jnp.float64))
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("ct", ["full", "diag"])
+def test_fit_with_nan_is_exact_em_from_the_same_start(ct, x64):
+    # jaxem.fit switches a Gaussian family to missing-value EM when x has NaN; from the
+    # same starting parameters it is the plain em.run of the missing-aware family.
+    fam, x, params, _ = _problem(ct, seed=5, n=150, frac=0.2)
+    plain = jaxem.gaussian(ct)
+    res = jaxem.fit(plain, x, n_components=K, key=jax.random.key(0), init=params,
+                    max_iter=10, tol=-1.0)
+    ref = em.run(fam, params, jnp.asarray(x), max_iter=10, tol=-1.0)
+    np.testing.assert_allclose(res.trace, ref.trace, rtol=1e-9)
+    np.testing.assert_allclose(res.params.means, ref.params.means, rtol=1e-8, atol=1e-10)
+
+
+def test_fit_with_nan_from_its_own_initialisation_and_bad_rows():
+    fam, x, _, _ = _problem("full", seed=6, n=200, frac=0.2)
+    res = jaxem.fit(jaxem.gaussian("full"), x.astype(np.float32), n_components=K,
+                    key=jax.random.key(0), n_init=2)
+    assert np.isfinite(float(res.log_likelihood)) and not bool(res.failed)
+    x[3] = np.nan
+    with pytest.raises(ValueError, match="every value missing"):
+        jaxem.fit(jaxem.gaussian("full"), x, n_components=K, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="NaN"):
+        jaxem.fit(jaxem.kmeans(), x, n_components=K, key=jax.random.key(0))
+
+
+def test_estimator_fits_scores_and_imputes_nan(x64):
+    rng = np.random.default_rng(8)
+    cov = np.array([[1.0, 0.9], [0.9, 1.0]])
+    x = rng.multivariate_normal([0, 0], cov, 400)
+    x_missing = x.copy()
+    x_missing[rng.random(400) < 0.3, 1] = np.nan
+    gm = jaxem.GaussianMixture(1, random_state=0).fit(x_missing)
+    # One component: the fit is the ML bivariate normal from incomplete data.
+    assert np.all(np.isfinite(gm.means_)) and gm.converged_
+    ll = gm.score_samples(x_missing)
+    observed = ~np.isnan(x_missing[:, 1])
+    ref = np.where(observed,
+                   stats.multivariate_normal(gm.means_[0], gm.covariances_[0]).logpdf(
+                       np.where(np.isnan(x_missing), 0, x_missing)),
+                   stats.norm(gm.means_[0, 0], np.sqrt(gm.covariances_[0, 0, 0])).logpdf(
+                       x_missing[:, 0]))
+    np.testing.assert_allclose(ll, ref, rtol=1e-8)
+    filled = gm.impute(x_missing)
+    np.testing.assert_array_equal(filled[observed], x_missing[observed])
+    c = gm.covariances_[0]
+    expect = gm.means_[0, 1] + c[1, 0] / c[0, 0] * (x_missing[~observed, 0] - gm.means_[0, 0])
+    np.testing.assert_allclose(filled[~observed, 1], expect, rtol=1e-8)
+    with pytest.raises(ValueError, match="every value missing"):
+        gm.score_samples([[np.nan, np.nan]])

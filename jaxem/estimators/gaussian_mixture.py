@@ -1,28 +1,48 @@
 """``GaussianMixture`` with scikit-learn's names; restarts run in one batched call."""
 from __future__ import annotations
 
+import functools
+import time
 import warnings
+from numbers import Integral, Real
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_array
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from jaxem.batch import fit, initial_params
+from jaxem.batch import FitError, fit, initial_params
 from jaxem.estimators._base import float_dtype, key_from, posterior, sample_weights, to_numpy
-from jaxem.families.gaussian import GaussianParams, gaussian
+from jaxem.families import gaussian_missing
+from jaxem.families.gaussian import COVARIANCE_TYPES, GaussianParams, gaussian
 from jaxem.init import INIT_METHODS
+from jaxem.persist import Saveable
+
+# scikit-learn's advice when a covariance is singular: the same words, so code that
+# matches them keeps working.
+_ILL_DEFINED = (
+    "Fitting the mixture model failed because some components have ill-defined "
+    "empirical covariance (for instance caused by singleton or collapsed samples). Try "
+    "to decrease the number of components, increase reg_covar, or scale the input data."
+)
 
 
-class GaussianMixture(DensityMixin, BaseEstimator):
+class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by EM, a drop-in for ``sklearn.mixture.GaussianMixture``.
 
-    Parameters and fitted attributes are scikit-learn's; in addition ``fit`` takes
-    ``sample_weight``, the ``n_init`` restarts run in parallel in one compiled call,
-    ``chunk_size`` bounds the memory of every pass over the rows, ``devices`` (a list of
-    JAX devices) splits the rows over them (see :func:`jaxem.fit`), and ``restarts_``
-    holds every restart's parameters, log-likelihood, trace and flags.
+    Parameters, attributes, warnings and errors are scikit-learn's (``max_iter=0``
+    returns the initialisation; ``warm_start`` continues from the last fit and compares
+    its first lower bound with the last one, so repeated ``fit`` calls converge). In
+    addition ``fit`` takes ``sample_weight``, the ``n_init`` restarts run in parallel in
+    one compiled call, ``chunk_size`` bounds the memory of every pass over the rows,
+    ``devices`` (a list of JAX devices) splits the rows over them (see
+    :func:`jaxem.fit`), and ``restarts_`` holds every restart's parameters,
+    log-likelihood, trace and flags. ``verbose`` prints scikit-learn's messages once the
+    batched run has finished (time per iteration is the run's average).
 
     >>> from jaxem import GaussianMixture
     >>> from jaxem.datasets import load_faithful
@@ -32,6 +52,25 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     >>> gm.restarts_.log_likelihood.shape
     (8,)
     """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "covariance_type": [StrOptions(set(COVARIANCE_TYPES))],
+        "tol": [Interval(Real, 0.0, None, closed="left")],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init_params": [StrOptions(set(INIT_METHODS))],
+        "weights_init": ["array-like", None],
+        "means_init": ["array-like", None],
+        "precisions_init": ["array-like", None],
+        "random_state": ["random_state"],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
+        "devices": "no_validation",  # checked by jaxem.batch, with its own message
+    }
 
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
                  max_iter=100, n_init=1, init_params="kmeans", weights_init=None,
@@ -66,33 +105,40 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _fit(self, X, sample_weight):
         """Fit on ``X`` and return it validated."""
-        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        self._validate_params()  # before any compilation
+        # NaN entries are missing values, fitted by exact EM (scikit-learn rejects them).
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2,
+                          ensure_all_finite="allow-nan")
         X = X.astype(float_dtype(), copy=False)
         n, d = X.shape
-        self._check_parameters(n, d)
+        if n < self.n_components:
+            raise ValueError(f"Expected n_samples >= n_components but got "
+                             f"n_components = {self.n_components}, n_samples = {n}.")
+        given = self._check_initial_parameters(d)
         w = sample_weights(sample_weight, n, X.dtype)
-        family = self._family()
+        family = self._family(missing=bool(np.isnan(X).any()))
         key = key_from(self.random_state)
-        if self.warm_start and hasattr(self, "converged_"):
+        warm = self.warm_start and hasattr(self, "converged_")
+        if warm:
             n_init, init = 1, self._params()
         else:
-            n_init, init = self.n_init, self._initial_params(family, key, X, w)
-        result = fit(family, X, n_components=self.n_components, key=key, n_init=n_init,
-                     weights=w, max_iter=self.max_iter, tol=self.tol, init=init,
-                     chunk_size=self.chunk_size, devices=self.devices)
-        result = to_numpy(result)
-        params = result.params
-        self.weights_, self.means_, self.precisions_cholesky_ = params
-        self.covariances_ = np.asarray(family.covariances(params))
-        self.precisions_ = np.asarray(family.precisions(params))
-        self.converged_ = bool(result.converged)
-        self.n_iter_ = int(result.n_iter)
-        self.lower_bounds_ = result.trace[: self.n_iter_].tolist()
-        self.lower_bound_ = float(result.log_likelihood)
-        self.restarts_ = result.restarts
-        self.best_restart_ = int(result.best)
+            n_init, init = self.n_init, self._initial_params(family, key, X, w, given)
+        if self.max_iter == 0:  # as scikit-learn: the initialisation, no EM step
+            self._set_result(family, self._first(family, init, X, key, n_init, w), None)
+            return X
+        start = time.perf_counter()
+        previous = self.lower_bound_ if warm else -np.inf
+        result = self._run(family, X, key, n_init, w, init, self.max_iter)
+        if abs(result.trace[0] - previous) < self.tol:
+            # scikit-learn compares a warm start's first lower bound with the last fit's
+            # and stops after that one iteration (the engine starts from -inf): redo it.
+            if self.max_iter > 1:
+                result = self._run(family, X, key, n_init, w, init, 1)
+            result = result._replace(converged=np.bool_(True), restarts=result.restarts
+                                     ._replace(converged=np.ones(1, bool)))
+        self._set_result(family, result.params, result)
         if self.verbose:
-            self._report(result)
+            self._report(result, previous, time.perf_counter() - start)
         if not self.converged_:
             warnings.warn(
                 "Best performing initialization did not converge. Try different init "
@@ -101,78 +147,195 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         return X
 
-    def _family(self):
-        return gaussian(self.covariance_type, self.reg_covar)
+    def _run(self, family, X, key, n_init, w, init, max_iter):
+        """The engine's fit, as NumPy; a failure raises with its diagnosed cause."""
+        try:
+            result = fit(family, X, n_components=self.n_components, key=key, n_init=n_init,
+                         weights=w, max_iter=max_iter, tol=self.tol, init=init,
+                         chunk_size=self.chunk_size, devices=self.devices)
+        except FitError:
+            raise FitError(_failure_message(X)) from None
+        return to_numpy(result)
+
+    def _set_result(self, family, params, result):
+        """Store the fitted attributes; ``result`` is ``None`` for ``max_iter=0``."""
+        params = GaussianParams(*to_numpy(params))
+        self.weights_, self.means_, self.precisions_cholesky_ = params
+        self.covariances_ = np.asarray(family.covariances(params))
+        self.precisions_ = np.asarray(family.precisions(params))
+        if result is None:
+            self.converged_, self.n_iter_ = False, 0
+            self.lower_bound_, self.lower_bounds_ = -np.inf, []
+            for stale in ("restarts_", "best_restart_"):  # no run: none from an earlier fit
+                self.__dict__.pop(stale, None)
+            return
+        self.converged_ = bool(result.converged)
+        self.n_iter_ = int(result.n_iter)
+        self.lower_bounds_ = result.trace[: self.n_iter_].tolist()
+        self.lower_bound_ = float(result.log_likelihood)
+        self.restarts_ = result.restarts
+        self.best_restart_ = int(result.best)
+
+    def _first(self, family, init, X, key, n_init, w) -> GaussianParams:
+        """The first restart's starting parameters (what ``max_iter=0`` returns)."""
+        if isinstance(init, str):
+            init = initial_params(family, X, n_components=self.n_components, key=key,
+                                  n_init=n_init, weights=w, init=init)
+        params = GaussianParams(*init)
+        return params if params.means.ndim == 2 else jax.tree.map(lambda a: a[0], params)
+
+    def _family(self, missing=False):
+        return gaussian(self.covariance_type, self.reg_covar, missing)
 
     def _params(self) -> GaussianParams:
         return GaussianParams(self.weights_, self.means_, self.precisions_cholesky_)
 
-    def _check_parameters(self, n, d):
-        for name in ("n_components", "n_init", "max_iter"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-        if self.tol < 0 or self.reg_covar < 0:
-            raise ValueError("tol and reg_covar must be non-negative.")
-        if self.init_params not in INIT_METHODS:
-            raise ValueError(f"Invalid init_params {self.init_params!r}: use one of "
-                             f"{', '.join(INIT_METHODS)}.")
-        if n < self.n_components:
-            raise ValueError(f"Expected n_samples >= n_components but got "
-                             f"n_components = {self.n_components}, n_samples = {n}.")
-        self._family()  # raises on an unknown covariance_type
-        k = self.n_components
-        shapes = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
-        for name, shape in (("weights_init", (k,)), ("means_init", (k, d)),
-                            ("precisions_init", shapes[self.covariance_type])):
-            value = getattr(self, name)
-            if value is not None and np.shape(value) != shape:
-                raise ValueError(f"The parameter '{name}' should have the shape {shape} for "
-                                 f"covariance_type={self.covariance_type!r}, but got "
-                                 f"{np.shape(value)}.")
-        if self.weights_init is not None:
-            wi = np.asarray(self.weights_init)
-            if np.any(wi < 0) or not np.isclose(wi.sum(), 1.0):
-                raise ValueError("The parameter 'weights_init' should be non-negative and "
-                                 f"sum to 1, but got {wi}.")
+    def _check_initial_parameters(self, d) -> dict:
+        """``weights_init``, ``means_init``, ``precisions_init`` checked as scikit-learn
+        checks them (same messages, plus the argument's name): ``{name: array or None}``."""
+        k, ct = self.n_components, self.covariance_type
+        given = {}
+        for name, shape in (("weights", (k,)), ("means", (k, d)),
+                            ("precisions", _PRECISION_SHAPES[ct](k, d))):
+            value = getattr(self, f"{name}_init")
+            if value is not None:
+                value = check_array(value, dtype=[np.float64, np.float32], ensure_2d=False,
+                                    allow_nd=True, input_name=f"{name}_init")
+                label = name if name != "precisions" else f"{ct} precision"
+                if value.shape != shape:
+                    raise ValueError(f"The parameter '{label}' should have the shape of "
+                                     f"{shape}, but got {value.shape} ({name}_init).")
+            given[name] = value
+        wi = given["weights"]
+        if wi is not None:
+            if np.any(wi < 0) or np.any(wi > 1):
+                raise ValueError("The parameter 'weights' should be in the range [0, 1], but "
+                                 f"got max value {wi.max():.5f}, min value {wi.min():.5f} "
+                                 "(weights_init).")
+            atol = 1e-6 if wi.dtype == np.float32 else 1e-8
+            if abs(1.0 - wi.sum()) > atol:
+                raise ValueError("The parameter 'weights' should be normalized, but got "
+                                 f"sum(weights) = {wi.sum():.5f} (weights_init must sum "
+                                 "to 1).")
+        p = given["precisions"]
+        if p is not None:
+            if ct in ("diag", "spherical"):
+                if np.any(p <= 0):
+                    raise ValueError(f"'{ct} precision' should be positive (precisions_init).")
+            else:
+                mats = p.reshape((-1, d, d))
+                sym = np.allclose(mats, np.swapaxes(mats, -1, -2))
+                if not sym or np.any(np.linalg.eigvalsh(mats) <= 0):
+                    raise ValueError(f"'{ct} precision' should be symmetric, "
+                                     "positive-definite (precisions_init).")
+        return given
 
-    def _initial_params(self, family, key, X, w):
+    def _initial_params(self, family, key, X, w, given):
         """The init method's name, or parameters when some ``*_init`` are given.
 
-        As scikit-learn: parameters not given come from ``init_params``.
+        As scikit-learn: parameters not given come from ``init_params``; with all three
+        given no initialisation runs.
         """
-        given = {name: getattr(self, f"{name}_init") for name in ("weights", "means", "precisions")}
         if all(v is None for v in given.values()):
             return self.init_params
-        dtype = X.dtype
-        params = initial_params(family, X, n_components=self.n_components, key=key,
-                                n_init=self.n_init, weights=w, init=self.init_params)
+        dtype, n_init = X.dtype, self.n_init
+        if any(v is None for v in given.values()):
+            params = initial_params(family, X, n_components=self.n_components, key=key,
+                                    n_init=n_init, weights=w, init=self.init_params)
+        else:
+            params = GaussianParams(None, None, None)
         if given["weights"] is not None:
-            params = params._replace(weights=_tile(given["weights"], self.n_init, dtype))
+            params = params._replace(weights=_tile(given["weights"], n_init, dtype))
         if given["means"] is not None:
-            params = params._replace(means=_tile(given["means"], self.n_init, dtype))
+            params = params._replace(means=_tile(given["means"], n_init, dtype))
         if given["precisions"] is not None:
-            chol = family.precisions_cholesky_from(precisions=jnp.asarray(given["precisions"], dtype))
-            params = params._replace(precisions_cholesky=_tile(chol, self.n_init, dtype))
+            chol = _precisions_cholesky(given["precisions"], self.covariance_type)
+            params = params._replace(precisions_cholesky=_tile(chol, n_init, dtype))
         return params
 
-    def _report(self, result):
+    def _report(self, result, previous, seconds):
+        """scikit-learn's ``verbose`` messages, from every restart's trace."""
         restarts = result.restarts
+        per_iter = seconds / max(int(np.sum(restarts.n_iter)), 1)
         for i in range(len(restarts.n_iter)):
-            trace = restarts.trace[i][: restarts.n_iter[i]]
-            shown = ", ".join(f"{t:.5f}" for t in trace[:: max(self.verbose_interval, 1)])
-            print(f"Initialization {i}: n_iter={restarts.n_iter[i]} "
-                  f"converged={bool(restarts.converged[i])} failed={bool(restarts.failed[i])} "
-                  f"lower bound={restarts.log_likelihood[i]:.5f}"
-                  + (f"  trace: {shown}" if self.verbose > 1 else ""))
+            n_iter, trace = int(restarts.n_iter[i]), restarts.trace[i]
+            print(f"Initialization {i}")
+            for it in range(self.verbose_interval, n_iter + 1, self.verbose_interval):
+                if self.verbose == 1:
+                    print(f"  Iteration {it}")
+                else:
+                    change = trace[it - 1] - (trace[it - 2] if it > 1 else previous)
+                    print(f"  Iteration {it}\t time lapse "
+                          f"{per_iter * self.verbose_interval:.5f}s\t ll change {change:.5f}")
+            status = "converged" if restarts.converged[i] else "did not converge"
+            if self.verbose == 1:
+                print(f"Initialization {status}.")
+            else:
+                print(f"Initialization {status}. time lapse {per_iter * n_iter:.5f}s\t "
+                      f"lower bound {restarts.log_likelihood[i]:.5f}.")
+
+    # -- scikit-learn's private hooks, for code written against them ----------------------
+    def _get_parameters(self):
+        return self.weights_, self.means_, self.covariances_, self.precisions_cholesky_
+
+    def _set_parameters(self, params):
+        """Set ``(weights, means, covariances, precisions_cholesky)`` and ``precisions_``."""
+        self.weights_, self.means_, self.covariances_, self.precisions_cholesky_ = params
+        self.precisions_ = np.asarray(self._family().precisions(self._params()))
+
+    def _initialize(self, X, resp):
+        """Parameters from responsibilities ``resp (n_samples, n_components)``, the
+        given ``*_init`` taking precedence (scikit-learn's initial M-step)."""
+        family = self._family()
+        X = jnp.asarray(X, float_dtype())
+        params = to_numpy(family.m_step(family.stats(X, jnp.asarray(resp, X.dtype))))
+        # As scikit-learn's hook: the *_init are used as given (fit checks them first).
+        weights = params.weights if self.weights_init is None else np.asarray(self.weights_init)
+        means = params.means if self.means_init is None else np.asarray(self.means_init)
+        chol = (params.precisions_cholesky if self.precisions_init is None else
+                _precisions_cholesky(self.precisions_init, self.covariance_type))
+        self._set_parameters((weights, means, None, chol))
+        self.covariances_ = np.asarray(family.covariances(self._params()))
 
     # -- inference ----------------------------------------------------------------------
     def _posterior(self, X):
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        resp, ll = posterior(self._family(), self._params(), X.astype(self.means_.dtype),
-                             self.chunk_size)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False,
+                          ensure_all_finite="allow-nan")
+        self._check_fitted_shapes()
+        X = X.astype(self.means_.dtype)
+        missing = np.isnan(X)
+        if np.any(np.all(missing, axis=1)):
+            raise ValueError(f"X row {int(np.argmax(np.all(missing, axis=1)))} has every "
+                             "value missing (NaN): it has no likelihood to score.")
+        family = self._family(missing=bool(missing.any()))
+        resp, ll = posterior(family, self._params(), X, self.chunk_size)
         return np.asarray(resp), np.asarray(ll)
+
+    def impute(self, X):
+        """``X`` with each missing (NaN) entry replaced by its conditional expectation
+        given the row's observed entries under the fitted mixture,
+        ``sum_k p(k | x_obs) E[x_miss | x_obs, k]``; observed entries are unchanged."""
+        resp, _ = self._posterior(X)
+        X = np.asarray(X, dtype=self.means_.dtype)
+        out = gaussian_missing.impute(self._family(missing=True), self._params(),
+                                      jnp.asarray(X), jnp.asarray(resp))
+        return np.asarray(out)
+
+    def _check_fitted_shapes(self):
+        """Attributes set by hand must agree with each other (no silent broadcasting)."""
+        k, d = np.shape(self.means_) if np.ndim(self.means_) == 2 else (-1, -1)
+        expected = {"weights_": (k,), "means_": (k, d), "precisions_cholesky_":
+                    _PRECISION_SHAPES[self.covariance_type](k, d)}
+        if k < 1 or d != getattr(self, "n_features_in_", d):
+            raise ValueError(f"means_ must have shape (n_components, n_features="
+                             f"{getattr(self, 'n_features_in_', '?')}), got "
+                             f"{np.shape(self.means_)}.")
+        for name, shape in expected.items():
+            if np.shape(getattr(self, name)) != shape:
+                raise ValueError(f"{name} has shape {np.shape(getattr(self, name))}, but "
+                                 f"means_ {np.shape(self.means_)} and covariance_type="
+                                 f"{self.covariance_type!r} need {shape}.")
 
     def predict_proba(self, X):
         """Responsibilities ``(n_samples, n_components)``."""
@@ -191,14 +354,26 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return float(self.score_samples(X).mean())
 
     def sample(self, n_samples=1):
-        """Draw ``(X (n_samples, n_features), y (n_samples,))``, grouped by component."""
+        """Draw ``(X (n_samples, n_features), y (n_samples,))``, grouped by component.
+
+        Rows are drawn in blocks of a fixed size, so a new ``n_samples`` does not compile.
+        """
         check_is_fitted(self)
-        if n_samples < 1:
-            raise ValueError(f"Invalid value for 'n_samples': {n_samples}. The sampling "
-                             "requires at least one sample.")
-        x, z = self._family().sample(key_from(self.random_state), self._params(), int(n_samples))
-        order = np.argsort(np.asarray(z), kind="stable")
-        return np.asarray(x)[order], np.asarray(z)[order]
+        if not isinstance(n_samples, Integral) or n_samples < 1:
+            raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}. The sampling "
+                             "requires at least one sample (a positive integer).")
+        self._check_fitted_shapes()
+        params = GaussianParams(*(jnp.asarray(a) for a in self._params()))
+        d = params.means.shape[1]
+        # Full covariances draw with one (D, D) solve per row: bound that memory too.
+        block = 4096 if self.covariance_type != "full" else max(64, min(4096, 2**22 // d**2))
+        n_blocks = -(-int(n_samples) // block)
+        keys = jax.random.split(key_from(self.random_state), n_blocks)
+        draws = [_sample_block(self._family(), params, k, block) for k in keys]
+        x = np.concatenate([np.asarray(a) for a, _ in draws])[:n_samples]
+        z = np.concatenate([np.asarray(b) for _, b in draws])[:n_samples]
+        order = np.argsort(z, kind="stable")
+        return x[order], z[order]
 
     def _n_parameters(self):
         return self._family().n_free_parameters(*self.means_.shape)
@@ -211,6 +386,44 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def aic(self, X):
         """Akaike information criterion on ``X`` (lower is better)."""
         return -2 * self.score(X) * np.shape(X)[0] + 2 * self._n_parameters()
+
+
+_PRECISION_SHAPES = {"full": lambda k, d: (k, d, d), "tied": lambda k, d: (d, d),
+                     "diag": lambda k, d: (k, d), "spherical": lambda k, d: (k,)}
+
+
+@functools.partial(jax.jit, static_argnames="block")
+def _sample_block(family, params, key, block):
+    return family.sample(key, params, block)
+
+
+def _precisions_cholesky(precisions, covariance_type):
+    """scikit-learn's factor of given precisions: upper triangular ``U`` with
+    ``U U^T = precisions`` for ``full``/``tied`` (a reversed Cholesky), the same factor
+    the M-step stores; the square root for ``diag``/``spherical``."""
+    p = np.asarray(precisions)
+    if covariance_type in ("diag", "spherical"):
+        return np.sqrt(p)
+    flip = p[..., ::-1, ::-1]
+    return np.linalg.cholesky(flip)[..., ::-1, ::-1]
+
+
+def _failure_message(X) -> str:
+    """Why EM failed on ``X (n, D)``: float overflow of the data's squares, else
+    scikit-learn's singular-covariance advice."""
+    x = np.asarray(X, np.float64)
+    spread = float(np.max(np.abs(x - x.mean(axis=0))))
+    finfo = np.finfo(X.dtype)
+    if spread**2 * x.size >= float(finfo.max) / 16:
+        hint = (" or pass float64 data with JAX's x64 mode on "
+                "(jax.config.update('jax_enable_x64', True))" if X.dtype == np.float32 else "")
+        return (f"Fitting the mixture model failed: the data lie up to {spread:.3g} from "
+                f"their mean, so their second moments overflow {X.dtype}. Scale the input "
+                f"data (e.g. sklearn.preprocessing.StandardScaler){hint}.")
+    if X.dtype == np.float32:
+        return (_ILL_DEFINED + " The numerical accuracy can also be improved by passing "
+                "float64 data instead of float32 (with JAX's x64 mode on).")
+    return _ILL_DEFINED
 
 
 def _tile(a, n_init, dtype):
