@@ -1,15 +1,25 @@
 """hmmlearn-style estimators: ``GaussianHMM``, ``CategoricalHMM``, ``PoissonHMM``.
 
 Thin host-side shells over :class:`jaxem.families.hmm.HMM` and :func:`jaxem.fit`: they
-validate input, pad hmmlearn's concatenated ``X`` + ``lengths`` into sequences, turn
-``random_state`` into a key, call the engine once (``n_init`` restarts run in parallel,
-which hmmlearn lacks), raise or warn on the host and store hmmlearn's attributes.
+validate parameters and attributes, pad hmmlearn's concatenated ``X`` + ``lengths`` into
+sequences, turn ``random_state`` into a key, call the engine once (``n_init`` restarts run
+in parallel, which hmmlearn lacks), log and raise on the host and store hmmlearn's
+attributes.
 
-Conventions as hmmlearn 0.3.3: ``score`` is the total log-likelihood of all sequences,
-``monitor_.history`` holds it per iteration, ``tol`` is on its gain, the M-step uses the
-same priors and defaults (so with the same starting parameters the fits agree).
-Differences: convergence is ``|gain| <= tol`` (hmmlearn: ``gain < tol``); starting
-transition rows are Dirichlet(1) draws (hmmlearn: Dirichlet(1/K)).
+A drop-in for hmmlearn 0.3.3 (its own test files run against these classes, see
+``tests/test_compat_hmmlearn.py``): the same parameters, attributes and methods
+(``score``, ``score_samples``, ``decode``, ``predict``, ``predict_proba``,
+``sample(currstate=)``, ``aic``, ``bic``, ``get_stationary_distribution``), a model
+built by hand (attributes set, no ``fit``) that scores, decodes and samples, hmmlearn's
+``init_params`` rules (unset attributes are initialised, set ones kept unless their
+letter is listed, with hmmlearn's logged notice), its ``monitor_`` and its logged
+messages. With the same starting parameters the fits agree. Differences, all
+deliberate: the EM loop stops when the gain is at most ``tol`` in absolute value
+(hmmlearn also stops when the log-likelihood *decreases*); starting transition rows
+are Dirichlet(1) draws; ``implementation`` accepts ``"log"`` and ``"scaling"`` but
+both run one scaled forward-backward that never underflows; a singular full or tied
+covariance in the M-step gets ``min_covar`` on its diagonal (hmmlearn adds it only
+when evaluating the density); unknown letters in ``params``/``init_params`` raise.
 
 >>> import numpy as np
 >>> from jaxem.estimators.hmm import GaussianHMM
@@ -25,46 +35,77 @@ transition rows are Dirichlet(1) draws (hmmlearn: Dirichlet(1/K)).
 from __future__ import annotations
 
 import functools
-import warnings
-from dataclasses import dataclass, field
+import logging
+import sys
+from collections import deque
+from numbers import Integral, Real
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import linalg
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from jaxem.batch import fit as _engine_fit
+from jaxem.estimators._base import float_dtype, key_from
 from jaxem.families.emissions import (
     CategoricalEmissionParams,
     GaussianEmissionParams,
     PoissonEmissionParams,
 )
 from jaxem.families.hmm import HMMParams, hmm, pad_sequences, unpad
+from jaxem.persist import Saveable
 
 __all__ = ["ConvergenceMonitor", "GaussianHMM", "CategoricalHMM", "PoissonHMM"]
 
+_log = logging.getLogger(__name__)
 
-@dataclass
+
 class ConvergenceMonitor:
-    """hmmlearn's ``monitor_``: the total log-likelihood per iteration and the outcome."""
+    """hmmlearn's ``monitor_``: the total log-likelihood per iteration (``history``),
+    the iterations run (``iter``) and ``converged``, with hmmlearn's rule and report."""
 
-    tol: float
-    n_iter: int
-    history: list = field(default_factory=list)
-    iter: int = 0
-    converged: bool = False
+    _template = "{iter:>10d} {log_prob:>16.8f} {delta:>+16.8f}"
+
+    def __init__(self, tol, n_iter, verbose=False):
+        self.tol = tol
+        self.n_iter = n_iter
+        self.verbose = verbose
+        self.history = deque()
+        self.iter = 0
+
+    def __repr__(self):
+        params = sorted(dict(vars(self), history=list(self.history)).items())
+        return f"{type(self).__name__}(\n" + "".join(f"    {k}={v},\n" for k, v in params) + ")"
+
+    def _reset(self):
+        self.iter = 0
+        self.history.clear()
+
+    def report(self, log_prob):
+        """Record one iteration's ``log_prob``; print it to stderr when ``verbose``; log
+        when it decreased (beyond float64 rounding)."""
+        delta = log_prob - self.history[-1] if self.history else np.nan
+        if self.verbose:
+            print(self._template.format(iter=self.iter + 1, log_prob=log_prob, delta=delta),
+                  file=sys.stderr)
+        if self.history and delta < -np.finfo(float).eps ** 0.5:
+            _log.warning(f"Model is not converging.  Current: {log_prob} is not greater "
+                         f"than {self.history[-1]}. Delta is {delta}")
+        self.history.append(log_prob)
+        self.iter += 1
+
+    @property
+    def converged(self):
+        """Stopped at ``n_iter``, or the last gain was below ``tol`` (hmmlearn's rule)."""
+        return (self.iter == self.n_iter
+                or (len(self.history) >= 2 and self.history[-1] - self.history[-2] < self.tol))
 
 
-def _float_dtype():
-    return np.float64 if jax.config.jax_enable_x64 else np.float32
-
-
-def _key(random_state):
-    return jax.random.key(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-
-
+# -- compiled inference, once per family and shapes ---------------------------------------
 @jax.jit
 def _posterior(family, params, x, w):
     post = family.forward_backward(params, x, w)
@@ -76,30 +117,143 @@ def _viterbi(family, params, x, w):
     return family.viterbi(params, x, w)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _init_many(family, keys, x, w, n_components, method):
-    return jax.vmap(lambda k: family.init(k, x, w, n_components, method))(keys)
+@functools.partial(jax.jit, static_argnums=(4,))
+def _init_many(family, keys, x, w, n_components):
+    return jax.vmap(lambda k: family.init(k, x, w, n_components, "kmeans"))(keys)
 
 
-class _BaseHMM(BaseEstimator):
+@functools.partial(jax.jit, static_argnums=(2,))
+def _sample(family, params, n_steps, key):
+    return family.sample(key, params, n_steps)
+
+
+# -- host-side checks of attributes ----------------------------------------------------------
+def _array(value, name, ndim=None):
+    """``value`` as a float64 array, or a ValueError that names the attribute."""
+    try:
+        a = np.array(value, dtype=np.float64)  # a copy: later edits by the user don't leak
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be an array of real numbers: {err}") from None
+    if np.iscomplexobj(value):
+        raise ValueError(f"{name} must be real, got complex values.")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-d array, got shape {a.shape}.")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or infinity.")
+    return a
+
+
+def _probabilities(value, name, shape):
+    """A (row-)stochastic array of ``shape``: hmmlearn's ``_check`` plus non-negativity."""
+    a = _array(value, name)
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}.")
+    if np.any(a < 0):
+        raise ValueError(f"{name} must be non-negative.")
+    s = a.sum(axis=-1)
+    if not np.allclose(s, 1):
+        raise ValueError(f"{name} must sum to 1 (got {s:.4f})" if s.ndim == 0
+                         else f"{name} rows must sum to 1 (got row sums of {s})")
+    return a
+
+
+class _BaseHMM(Saveable, BaseEstimator):
     _emission = ""
-    _letters = ""
+    _attributes = {"s": "startprob_", "t": "transmat_"}  # letter -> attribute
+
+    _parameter_constraints = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "startprob_prior": [Real, "array-like"],
+        "transmat_prior": [Real, "array-like"],
+        "algorithm": [StrOptions({"viterbi", "map"})],
+        "random_state": ["random_state"],
+        "n_iter": [Interval(Integral, 0, None, closed="left")],
+        "tol": [Real],
+        "verbose": ["verbose"],
+        "params": [str],
+        "init_params": [str],
+        "implementation": [StrOptions({"log", "scaling"})],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "parallel": ["boolean"],
+    }
 
     # -- hooks of the concrete estimators -------------------------------------------------
-    def _check_X(self, X, fitting):
+    def _check_X(self, X, n_features):
+        """Validated ``X (n_samples, n_features)``; ``n_features=None`` when fitting."""
         raise NotImplementedError
 
     def _emission_kwargs(self):
         return {}
 
-    def _given_emission(self, dtype):
-        """Emission parameters from the user's attributes (when not in ``init_params``)."""
+    def _static_kwargs(self):
+        return {}
+
+    def _check_emission(self, letter, n_features):
+        """The user's emission attribute of ``letter``, validated (NumPy, float64)."""
         raise NotImplementedError
 
-    def _store_emission(self, emission):
+    def _emission_params(self, given, dtype):
+        """Family emission parameters from validated attributes ``{letter: array}``."""
         raise NotImplementedError
 
-    # -- shared host-side logic -----------------------------------------------------------
+    def _store_emission(self, emission, family):
+        raise NotImplementedError
+
+    def _n_emission_scalars(self):
+        raise NotImplementedError
+
+    # -- parameters and attributes ----------------------------------------------------------
+    def _check_letters(self):
+        letters = "".join(self._attributes)
+        for name in ("params", "init_params"):
+            bad = sorted(set(getattr(self, name)) - set(letters))
+            if bad:
+                raise ValueError(f"{name}={getattr(self, name)!r} contains {bad}: "
+                                 f"{type(self).__name__} has the letters {letters!r}.")
+
+    def _n_features_of_attributes(self):
+        raise NotImplementedError
+
+    def _check(self):
+        """hmmlearn's ``_check``: validate the hyper-parameters and every attribute
+        (shapes, probabilities that sum to 1, positive covariances); set ``n_features``."""
+        self._validate_params()
+        self._check_letters()
+        check_is_fitted(self, list(self._attributes.values()))
+        self.n_features = self._n_features_of_attributes()
+        return self._given("".join(self._attributes), self.n_features)
+
+    def _given(self, letters, n_features):
+        """The user's attributes for ``letters``, validated: ``{letter: array}``."""
+        k = self.n_components
+        out = {}
+        for letter in letters:
+            if letter == "s":
+                out[letter] = _probabilities(self.startprob_, "startprob_", (k,))
+            elif letter == "t":
+                out[letter] = _probabilities(self.transmat_, "transmat_", (k, k))
+            else:
+                out[letter] = self._check_emission(letter, n_features)
+        return out
+
+    def _needs_init(self, code, name):
+        """hmmlearn's rule: initialise when listed in ``init_params`` (logging that a
+        value the user set is overwritten) or when the attribute is not set."""
+        if code in self.init_params:
+            if hasattr(self, name):
+                _log.warning("Even though the %r attribute is set, it will be overwritten "
+                             "during initialization because 'init_params' contains %r",
+                             name, code)
+            return True
+        return not hasattr(self, name)
+
+    def _get_n_fit_scalars_per_param(self):
+        """Free scalars per letter (hmmlearn's), for ``aic``/``bic`` and the degenerate-fit
+        notice."""
+        k = self.n_components
+        return {"s": k - 1, "t": k * (k - 1), **self._n_emission_scalars()}
+
+    # -- data ---------------------------------------------------------------------------------
     def _family(self, seq_len, dtype):
         f = lambda v: jnp.asarray(v, dtype)
         kwargs = {k: f(v) for k, v in self._emission_kwargs().items()}
@@ -108,110 +262,131 @@ class _BaseHMM(BaseEstimator):
                    startprob_prior=f(self.startprob_prior),
                    transmat_prior=f(self.transmat_prior), parallel=self.parallel, **kwargs)
 
-    def _static_kwargs(self):
-        return {}
+    def _centre(self, X):
+        return np.zeros(X.shape[1])
 
-    def _prepare(self, X, lengths, fitting):
-        X = self._check_X(X, fitting)
-        x, w = pad_sequences(X, lengths)
-        lengths = np.asarray([X.shape[0]] if lengths is None else lengths, int)
-        return X, x, w, lengths
+    def _padded(self, X, lengths, dtype):
+        """``(x (S * seq_len, D), weights, lengths)``, shifted by ``_shift``, in ``dtype``."""
+        n = X.shape[0]
+        if lengths is None:
+            lengths = [n]
+        lengths = np.asarray(lengths)
+        if lengths.ndim != 1 or lengths.dtype.kind not in "iuf" or np.any(
+                lengths != np.round(lengths)):
+            raise ValueError(f"lengths must be a 1-d sequence of integers, got {lengths!r}.")
+        x, w = pad_sequences(X, lengths.astype(int))  # checks sum and positivity
+        if self._emission == "gaussian":  # symbols and counts are not moved
+            x = x - getattr(self, "_shift", 0.0)
+        return x.astype(dtype), w.astype(dtype), lengths.astype(int)
+
+    # -- fitting ------------------------------------------------------------------------------
+    def _starts(self, family, x, w, key, n_init, n_data, dtype):
+        """Starting parameters with a leading ``(n_init,)`` axis: hmmlearn's ``_init``
+        for the letters that need it (random, one draw per restart), the user's
+        validated attributes for the others."""
+        needs = {c: self._needs_init(c, a) for c, a in self._attributes.items()}
+        given = self._given([c for c, need in needs.items() if not need], self.n_features)
+        n_fit = sum(self._get_n_fit_scalars_per_param()[c] for c in self.params)
+        if n_data < n_fit:
+            _log.warning("Fitting a model with %d free scalar parameters with only %d data "
+                         "points will result in a degenerate solution.", n_fit, n_data)
+        known = self._known_params(given, dtype)
+        if any(needs.values()):
+            keys = jax.random.split(key, n_init)
+            rand = _init_many(family, keys, jnp.asarray(x), jnp.asarray(w), self.n_components)
+        else:
+            rand = HMMParams(None, None, known["emission"])
+        pick = lambda g, r: r if g is None else jnp.broadcast_to(
+            jnp.asarray(g, dtype), (n_init,) + jnp.shape(g))
+        emission = type(rand.emission)(*map(pick, known["emission"], rand.emission))
+        return HMMParams(pick(known["s"], rand.startprob), pick(known["t"], rand.transmat),
+                         emission)
+
+    def _known_params(self, given, dtype):
+        """Validated attributes as family parameters (``None`` where not given)."""
+        return {"s": given.get("s"), "t": given.get("t"),
+                "emission": self._emission_params(given, dtype)}
+
+    def _fit_inputs(self, X, lengths):
+        self._validate_params()
+        self._check_letters()
+        X = self._check_X(X, None)
+        self.n_features = self._n_features_for_fit(X)
+        self.n_features_in_ = X.shape[1]
+        dtype = float_dtype()
+        self._shift = self._centre(X).astype(dtype)
+        x, w, lengths = self._padded(X, lengths, dtype)
+        return x, w, X.size, self._family(int(lengths.max()), dtype), dtype
+
+    def _n_features_for_fit(self, X):
+        return X.shape[1]
+
+    def _init(self, X, lengths=None):
+        """hmmlearn's ``_init``: set ``n_features`` and the attributes that ``init_params``
+        (or their absence) asks for, from ``random_state``. ``lengths`` is not needed."""
+        x, w, n_data, family, dtype = self._fit_inputs(X, None)
+        start = self._starts(family, x, w, key_from(self.random_state), 1, n_data, dtype)
+        self._store(jax.tree.map(lambda a: a[0], start), family)
 
     def fit(self, X, lengths=None):
         """Fit by Baum-Welch. ``X (n_samples, n_features)``: sequences concatenated;
         ``lengths (n_sequences,)``: their lengths (default: one sequence)."""
-        for name in ("n_components", "n_iter", "n_init"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        X, x, w, lengths = self._prepare(X, lengths, fitting=True)
-        dtype = _float_dtype()
-        self._shift = self._centre(X).astype(dtype)
-        x = (x - self._shift).astype(dtype)
-        w = w.astype(dtype)
-        family = self._family(int(lengths.max()), dtype)
-        k = self.n_components
-        key = _key(self.random_state)
-        keys = jax.random.split(key, self.n_init)
-        needs = set(self._letters) - set(self.init_params)
-        if not needs:
-            init = "kmeans"
-        elif needs == set(self._letters):  # every starting value is the user's
-            init = self._params_for_inference(dtype, check=False)
-        else:  # some starting values are the user's, the others random
-            p = _init_many(family, keys, jnp.asarray(x), jnp.asarray(w), k, "kmeans")
-            init = self._override(p, dtype)
-        result = _engine_fit(family, x, weights=w, n_components=k, key=key,
+        x, w, n_data, family, dtype = self._fit_inputs(X, lengths)
+        key = key_from(self.random_state)
+        starts = self._starts(family, x, w, key, self.n_init, n_data, dtype)
+        self.monitor_ = ConvergenceMonitor(self.tol, self.n_iter, self.verbose)
+        if self.n_iter == 0:  # hmmlearn: initialise only
+            self._store(jax.tree.map(lambda a: a[0], starts), family)
+            return self
+        n_steps = float(w.sum())
+        # The engine's tol is on the per-step mean and stops at |gain| <= tol; a negative
+        # tol (hmmlearn's -inf idiom) runs n_iter iterations.
+        result = _engine_fit(family, x, weights=w, n_components=self.n_components, key=key,
                              n_init=self.n_init, max_iter=self.n_iter,
-                             tol=self.tol / float(w.sum()), init=init, check=False)
+                             tol=self.tol / n_steps, init=starts, check=False)
         if bool(result.failed):
             raise ValueError(
-                "Baum-Welch failed on every restart: the parameters became non-finite "
-                "(e.g. a state that no data point visits, or a singular covariance). Use "
-                "fewer components, more data, larger priors (covars_prior), or n_init > 1.")
-        n_steps = float(w.sum())
-        trace = np.asarray(result.trace, np.float64) * n_steps
-        history = [v for v in trace.tolist() if np.isfinite(v)]
-        self.monitor_ = ConvergenceMonitor(self.tol, self.n_iter, history, len(history),
-                                           bool(result.converged))
-        if np.any(np.diff(history) < -1e-6 * max(1.0, abs(history[-1]))):
-            warnings.warn("The log-likelihood decreased during EM: the model is not "
-                          "converging (check the data scale or use float64).", RuntimeWarning)
-        params = jax.tree.map(np.asarray, result.params)
-        self.startprob_ = params.startprob
-        self.transmat_ = params.transmat
-        self._store_emission(params.emission, family)
-        self.n_features_in_ = X.shape[1]
+                "Baum-Welch failed on every restart: the parameters became non-finite (a "
+                "state that no data point visits, or data too far apart for float32). Use "
+                "fewer components, float64 (jax.config.update('jax_enable_x64', True)), "
+                "larger priors, or n_init > 1.")
+        for v in np.asarray(result.trace, np.float64) * n_steps:
+            if np.isfinite(v):
+                self.monitor_.report(float(v))  # hmmlearn's verbose lines and notices
+        self._store(jax.tree.map(np.asarray, result.params), family)
         self.restarts_log_likelihood_ = np.asarray(result.restarts.log_likelihood) * n_steps
         if np.any(self.transmat_.sum(axis=1) == 0):
-            warnings.warn("Some rows of transmat_ have zero sum because no transition from "
-                          "the state was ever observed.", RuntimeWarning)
+            _log.warning("Some rows of transmat_ have zero sum because no transition from "
+                         "the state was ever observed.")
         return self
 
-    def _override(self, p, dtype):
-        """Replace random starting values with the user's for letters not in init_params."""
-        bc = lambda a, like: jnp.broadcast_to(jnp.asarray(a, dtype), like.shape)
-        start, trans, emis = p
-        if "s" not in self.init_params:
-            start = bc(self.startprob_, start)
-        if "t" not in self.init_params:
-            trans = bc(self.transmat_, trans)
-        given = self._given_emission(dtype)
-        emis = type(emis)(*[
-            bc(g, e) if g is not None else e for g, e in zip(given, emis)])
-        return HMMParams(start, trans, emis)
+    def _store(self, params, family):
+        self.startprob_ = np.asarray(params.startprob)
+        self.transmat_ = np.asarray(params.transmat)
+        self._store_emission(params.emission, family)
 
-    def _centre(self, X):
-        return np.zeros(X.shape[1])
-
-    def _params_for_inference(self, dtype, check=True):
-        if check:
-            check_is_fitted(self, "startprob_")
-        missing = [a for a in ("startprob_", "transmat_") if not hasattr(self, a)]
-        if missing:
-            raise ValueError(f"init_params={self.init_params!r} leaves {missing} to you: set "
-                             "them before fit, or add their letters to init_params.")
-        emission = self._given_emission(dtype, all_letters=True)
-        if any(v is None for v in emission):
-            raise ValueError(f"init_params={self.init_params!r} leaves the emission parameters "
-                             "to you: set them before fit, or add their letters to init_params.")
-        return HMMParams(jnp.asarray(self.startprob_, dtype), jnp.asarray(self.transmat_, dtype),
-                         emission)
-
-    def _run(self, fn, X, lengths):
-        X, x, w, lengths = self._prepare(X, lengths, fitting=False)
-        dtype = _float_dtype()
-        shift = getattr(self, "_shift", np.zeros(X.shape[1]))
-        x = (x - shift).astype(dtype)
+    # -- inference ----------------------------------------------------------------------------
+    def _inference_inputs(self, X, lengths):
+        given = self._check()
+        X = self._check_X(X, self.n_features)
+        dtype = float_dtype()
+        x, w, lengths = self._padded(X, lengths, dtype)
         family = self._family(int(lengths.max()), dtype)
-        out = fn(family, self._params_for_inference(dtype), jnp.asarray(x),
-                 jnp.asarray(w, dtype))
-        return jax.tree.map(np.asarray, out), lengths, int(lengths.max())
+        params = self._params_from(given, dtype)
+        return family, params, jnp.asarray(x), jnp.asarray(w), lengths
+
+    def _params_from(self, given, dtype):
+        known = self._known_params(given, dtype)
+        return HMMParams(jnp.asarray(known["s"], dtype), jnp.asarray(known["t"], dtype),
+                         known["emission"])
 
     def score_samples(self, X, lengths=None):
         """``(total log-likelihood, posteriors (n_samples, n_components))``."""
-        (log_norm, smoothed), lengths, t = self._run(_posterior, X, lengths)
-        return float(np.sum(log_norm)), unpad(smoothed.reshape(-1, self.n_components),
-                                              lengths, t)
+        family, params, x, w, lengths = self._inference_inputs(X, lengths)
+        log_norm, smoothed = _posterior(family, params, x, w)
+        post = unpad(np.asarray(smoothed).reshape(-1, self.n_components), lengths,
+                     int(lengths.max()))
+        return float(np.sum(np.asarray(log_norm, np.float64))), post
 
     def score(self, X, lengths=None):
         """Total log-likelihood ``log p(X)`` over all sequences (hmmlearn's convention)."""
@@ -225,8 +400,10 @@ class _BaseHMM(BaseEstimator):
         """``(log-probability, states (n_samples,))`` by ``"viterbi"`` or ``"map"``."""
         algorithm = algorithm or self.algorithm
         if algorithm == "viterbi":
-            (states, log_prob), lengths, t = self._run(_viterbi, X, lengths)
-            return float(np.sum(log_prob)), unpad(states.reshape(-1), lengths, t)
+            family, params, x, w, lengths = self._inference_inputs(X, lengths)
+            states, log_prob = _viterbi(family, params, x, w)
+            states = unpad(np.asarray(states).reshape(-1), lengths, int(lengths.max()))
+            return float(np.sum(np.asarray(log_prob, np.float64))), states
         if algorithm == "map":
             log_prob, post = self.score_samples(X, lengths)
             return log_prob, np.argmax(post, axis=1)
@@ -236,27 +413,62 @@ class _BaseHMM(BaseEstimator):
         """Most likely states ``(n_samples,)``."""
         return self.decode(X, lengths)[1]
 
-    def sample(self, n_samples=1, random_state=None):
-        """One sequence ``(X (n_samples, n_features), states (n_samples,))``."""
-        dtype = _float_dtype()
-        family = self._family(1, dtype)
-        params = self._params_for_inference(dtype)
-        key = _key(self.random_state if random_state is None else random_state)
-        x, z = jax.jit(family.sample, static_argnums=2)(key, params, int(n_samples))
-        x = np.asarray(x) + self._shift_out()
-        return self._sample_out(x), np.asarray(z)
+    def aic(self, X, lengths=None):
+        """Akaike information criterion ``-2 log p(X) + 2 n_free_parameters``."""
+        return -2 * self.score(X, lengths) + 2 * sum(self._get_n_fit_scalars_per_param().values())
 
-    def _shift_out(self):
-        return getattr(self, "_shift", 0.0)
+    def bic(self, X, lengths=None):
+        """Bayesian information criterion ``-2 log p(X) + n_free_parameters log n_samples``."""
+        n_params = sum(self._get_n_fit_scalars_per_param().values())
+        return -2 * self.score(X, lengths) + n_params * np.log(len(X))
+
+    def get_stationary_distribution(self):
+        """The stationary distribution ``(n_components,)`` of ``transmat_``: its left
+        eigenvector of the largest eigenvalue (1)."""
+        check_is_fitted(self, "transmat_")
+        k = self.n_components
+        eigvals, eigvecs = linalg.eig(_probabilities(self.transmat_, "transmat_", (k, k)).T)
+        v = np.real_if_close(eigvecs[:, np.argmax(eigvals)])
+        return v / v.sum()
+
+    def sample(self, n_samples=1, random_state=None, currstate=None):
+        """One sequence ``(X (n_samples, n_features), states (n_samples,))``, starting from
+        state ``currstate`` when given (to continue a previous sample)."""
+        given = self._check()
+        if not isinstance(n_samples, Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        dtype = float_dtype()
+        params = self._params_from(given, dtype)
+        if currstate is not None:
+            if not isinstance(currstate, Integral) or not 0 <= currstate < self.n_components:
+                raise ValueError(f"currstate must be a state in 0..{self.n_components - 1}, "
+                                 f"got {currstate!r}.")
+            params = params._replace(startprob=jax.nn.one_hot(currstate, self.n_components,
+                                                              dtype=dtype))
+        # A chain's first n steps are a chain of length n: draw a power of two and cut,
+        # so each new n_samples does not compile again.
+        n_pad = 1 << (int(n_samples) - 1).bit_length()
+        key = key_from(self.random_state if random_state is None else random_state)
+        x, z = _sample(self._family(1, dtype), params, n_pad, key)
+        x = np.asarray(x)[:n_samples]
+        if self._emission == "gaussian":
+            x = x + getattr(self, "_shift", 0.0)
+        return self._sample_out(x), np.asarray(z[:n_samples], dtype=int)
 
     def _sample_out(self, x):
         return x
 
 
-def _check_finite_float(X, name):
-    X = check_array(X, dtype=[np.float64, np.float32], ensure_min_samples=1)
-    if X.shape[0] == 0:
-        raise ValueError(f"{name}: X is empty.")
+def _check_float_X(X, name, n_features):
+    try:
+        X = check_array(X, dtype=[np.float64, np.float32], input_name="X", estimator=name)
+    except ValueError as err:
+        if "could not convert" not in str(err):
+            raise
+        raise ValueError(f"{name}: X must hold numbers ({err}).") from None
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"X has {X.shape[1]} features, but {name} is expecting "
+                         f"{n_features} features as input.")
     return X
 
 
@@ -264,13 +476,22 @@ class GaussianHMM(_BaseHMM):
     """Hidden Markov model with Gaussian emissions (hmmlearn's ``GaussianHMM``)."""
 
     _emission = "gaussian"
-    _letters = "stmc"
+    _attributes = {"s": "startprob_", "t": "transmat_", "m": "means_", "c": "covars_"}
+    _parameter_constraints = {
+        **_BaseHMM._parameter_constraints,
+        "covariance_type": [StrOptions({"spherical", "diag", "full", "tied"})],
+        "min_covar": [Interval(Real, 0, None, closed="left")],
+        "means_prior": [Real, "array-like"],
+        "means_weight": [Real, "array-like"],
+        "covars_prior": [Real, "array-like"],
+        "covars_weight": [Real, "array-like"],
+    }
 
     def __init__(self, n_components=1, covariance_type="diag", min_covar=1e-3,
                  startprob_prior=1.0, transmat_prior=1.0, means_prior=0, means_weight=0,
                  covars_prior=1e-2, covars_weight=1, algorithm="viterbi", random_state=None,
                  n_iter=10, tol=1e-2, verbose=False, params="stmc", init_params="stmc",
-                 n_init=1, parallel=False):
+                 implementation="log", n_init=1, parallel=False):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.min_covar = min_covar
@@ -287,11 +508,12 @@ class GaussianHMM(_BaseHMM):
         self.verbose = verbose
         self.params = params
         self.init_params = init_params
+        self.implementation = implementation
         self.n_init = n_init
         self.parallel = parallel
 
-    def _check_X(self, X, fitting):
-        return _check_finite_float(X, "GaussianHMM")
+    def _check_X(self, X, n_features):
+        return _check_float_X(X, "GaussianHMM", n_features)
 
     def _centre(self, X):
         # Fit centred data (float32 accuracy far from the origin); the means prior moves too.
@@ -306,20 +528,49 @@ class GaussianHMM(_BaseHMM):
     def _static_kwargs(self):
         return dict(covariance_type=self.covariance_type)
 
-    def _given_emission(self, dtype, all_letters=False):
-        fam = self._family(1, dtype).emission
+    def _n_features_of_attributes(self):
+        return _array(self.means_, "means_", ndim=2).shape[1]
+
+    def _n_emission_scalars(self):
+        k, d = self.n_components, self.n_features
+        cov = {"spherical": k, "diag": k * d, "full": k * d * (d + 1) // 2,
+               "tied": d * (d + 1) // 2}[self.covariance_type]
+        return {"m": k * d, "c": cov}
+
+    def _check_emission(self, letter, n_features):
+        k, d, ct = self.n_components, n_features, self.covariance_type
+        if letter == "m":
+            means = _array(self.means_, "means_", ndim=2)
+            if means.shape != (k, d):
+                raise ValueError(f"means_ must have shape (n_components, n_features) = "
+                                 f"{(k, d)}, got {means.shape}.")
+            return means
+        c = _array(self._covars_, "covars_")
+        shape = {"spherical": (k,), "diag": (k, d), "full": (k, d, d), "tied": (d, d)}[ct]
+        if c.shape != shape:
+            raise ValueError(f"{ct!r} covars_ must have shape {shape}, got {c.shape}.")
+        if ct in ("spherical", "diag"):
+            if np.any(c <= 0):
+                raise ValueError(f"{ct!r} covars_ must be positive.")
+            return c
+        for i, m in enumerate(c.reshape(-1, d, d)):
+            if not np.allclose(m, m.T) or np.any(linalg.eigvalsh(m) <= 0):
+                which = "" if ct == "tied" else f" of state {i}"
+                raise ValueError(f"{ct!r} covars_{which} must be symmetric, positive-definite.")
+        return c
+
+    def _emission_params(self, given, dtype):
         shift = getattr(self, "_shift", 0.0)
-        use = lambda c, name: (all_letters or c not in self.init_params) and hasattr(self, name)
-        means = jnp.asarray(self.means_ - shift, dtype) if use("m", "means_") else None
-        if use("c", "_covars_"):
-            prec = fam.from_covariances(jnp.zeros(1), jnp.asarray(self._covars_, dtype))[1]
-        else:
-            prec = None
-        return GaussianEmissionParams(means, prec)
+        fam = self._family(1, dtype).emission
+        means = given["m"] - shift if "m" in given else None
+        prec = None
+        if "c" in given:
+            prec = fam.from_covariances(None, jnp.asarray(given["c"], dtype)).precisions_cholesky
+        return GaussianEmissionParams(None if means is None else jnp.asarray(means, dtype), prec)
 
     def _store_emission(self, emission, family):
         self.means_ = np.asarray(emission.means) + self._shift
-        self._covars_ = np.asarray(family.emission.covariances(emission))
+        self._covars_ = np.array(family.emission.covariances(emission))
 
     @property
     def covars_(self):
@@ -332,30 +583,38 @@ class GaussianHMM(_BaseHMM):
             return np.broadcast_to(c, (k,) + c.shape).copy()
         if self.covariance_type == "diag":
             return np.stack([np.diag(v) for v in c])
-        d = self.means_.shape[1]
+        d = np.shape(self.means_)[1] if hasattr(self, "means_") else self.n_features
         return np.stack([np.eye(d) * v for v in c])
 
     @covars_.setter
     def covars_(self, covars):
-        covars = np.asarray(covars, dtype=float).copy()
-        if self.covariance_type == "spherical" and covars.ndim == 2:
-            covars = covars[:, 0]  # hmmlearn also accepts (K, D) spherical variances
+        covars = np.array(covars, dtype=float)
+        if self.covariance_type == "spherical" and covars.ndim > 1 and len(covars):
+            flat = covars.reshape(len(covars), -1)
+            if np.all(flat == flat[:, :1]):  # hmmlearn also takes (K, D) or (K, 1, 1) forms
+                covars = flat[:, 0]
         self._covars_ = covars
 
 
 class CategoricalHMM(_BaseHMM):
     """Hidden Markov model with categorical emissions (hmmlearn's ``CategoricalHMM``).
 
-    ``X (n_samples, 1)`` holds integer symbols ``0 .. n_features - 1``.
+    ``X (n_samples, 1)`` holds integer symbols ``0 .. n_features - 1``; ``fit`` sets
+    ``n_features`` (when None) to the largest symbol + 1, as hmmlearn.
     """
 
     _emission = "categorical"
-    _letters = "ste"
+    _attributes = {"s": "startprob_", "t": "transmat_", "e": "emissionprob_"}
+    _parameter_constraints = {
+        **_BaseHMM._parameter_constraints,
+        "emissionprob_prior": [Real, "array-like"],
+        "n_features": [Interval(Integral, 1, None, closed="left"), None],
+    }
 
     def __init__(self, n_components=1, startprob_prior=1.0, transmat_prior=1.0,
                  emissionprob_prior=1.0, n_features=None, algorithm="viterbi",
                  random_state=None, n_iter=10, tol=1e-2, verbose=False, params="ste",
-                 init_params="ste", n_init=1, parallel=False):
+                 init_params="ste", implementation="log", n_init=1, parallel=False):
         self.n_components = n_components
         self.startprob_prior = startprob_prior
         self.transmat_prior = transmat_prior
@@ -368,37 +627,62 @@ class CategoricalHMM(_BaseHMM):
         self.verbose = verbose
         self.params = params
         self.init_params = init_params
+        self.implementation = implementation
         self.n_init = n_init
         self.parallel = parallel
 
-    def _check_X(self, X, fitting):
-        X = check_array(X, dtype=None, ensure_min_samples=1)
+    def _check_X(self, X, n_features):
+        X = self._check_and_set_n_features(X, n_features, set_it=False)
         if X.shape[1] != 1:
-            raise ValueError(f"CategoricalHMM expects one column of symbols, got "
-                             f"{X.shape[1]} columns.")
-        if not np.all(np.isfinite(X)) or not np.all(X == np.round(X)) or X.min() < 0:
-            raise ValueError("Symbols must be non-negative integers.")
-        X = X.astype(np.int64)
-        n = self.n_features if self.n_features is not None else getattr(self, "n_features_", None)
-        if n is None and fitting:
-            n = int(X.max()) + 1
-        if X.max() >= n:
+            raise ValueError(f"CategoricalHMM expects X of shape (n_samples, 1), one symbol "
+                             f"per row, got {X.shape[1]} columns.")
+        return X
+
+    def _check_and_set_n_features(self, X, n_features=None, set_it=True):
+        """Integer symbols ``X (n_samples, 1)`` below ``n_features`` (hmmlearn's check);
+        with ``set_it``, ``n_features`` becomes the largest symbol + 1 when unset."""
+        X = check_array(X, dtype=None, input_name="X", estimator="CategoricalHMM")
+        if not np.issubdtype(X.dtype, np.integer):
+            raise ValueError(f"CategoricalHMM expects integer symbols in X, got dtype "
+                             f"{X.dtype}: Symbols should be integers (X.astype(int)).")
+        if X.min() < 0:
+            raise ValueError("Symbols in X must be non-negative integers, got "
+                             f"{X.min()}.")
+        n = n_features if n_features is not None else self.n_features
+        if n is not None and X.max() >= n:
             raise ValueError(f"Largest symbol is {X.max()} but the model only emits symbols "
                              f"up to {n - 1}.")
-        if fitting:
-            self.n_features_ = n
+        if set_it and self.n_features is None:
+            self.n_features = int(X.max()) + 1
         return X
+
+    def _n_features_for_fit(self, X):
+        if self.n_features is not None:
+            return self.n_features
+        if "e" not in self.init_params and hasattr(self, "emissionprob_"):
+            return max(np.shape(self.emissionprob_)[-1], int(X.max()) + 1)  # the kept one's
+        return int(X.max()) + 1
+
+    def _n_features_of_attributes(self):
+        return _array(self.emissionprob_, "emissionprob_", ndim=2).shape[1] \
+            if self.n_features is None else self.n_features
+
+    def _n_emission_scalars(self):
+        return {"e": self.n_components * (self.n_features - 1)}
 
     def _emission_kwargs(self):
         return dict(emissionprob_prior=self.emissionprob_prior)
 
     def _static_kwargs(self):
-        return dict(n_symbols=int(self.n_features_))
+        return dict(n_symbols=int(self.n_features))
 
-    def _given_emission(self, dtype, all_letters=False):
-        if (all_letters or "e" not in self.init_params) and hasattr(self, "emissionprob_"):
-            return CategoricalEmissionParams(jnp.asarray(self.emissionprob_, dtype))
-        return CategoricalEmissionParams(None)
+    def _check_emission(self, letter, n_features):
+        return _probabilities(self.emissionprob_, "emissionprob_",
+                              (self.n_components, n_features))
+
+    def _emission_params(self, given, dtype):
+        e = given.get("e")
+        return CategoricalEmissionParams(None if e is None else jnp.asarray(e, dtype))
 
     def _store_emission(self, emission, family):
         self.emissionprob_ = np.asarray(emission.emissionprob)
@@ -411,12 +695,17 @@ class PoissonHMM(_BaseHMM):
     """Hidden Markov model with Poisson emissions (hmmlearn's ``PoissonHMM``)."""
 
     _emission = "poisson"
-    _letters = "stl"
+    _attributes = {"s": "startprob_", "t": "transmat_", "l": "lambdas_"}
+    _parameter_constraints = {
+        **_BaseHMM._parameter_constraints,
+        "lambdas_prior": [Real, "array-like"],
+        "lambdas_weight": [Real, "array-like"],
+    }
 
     def __init__(self, n_components=1, startprob_prior=1.0, transmat_prior=1.0,
                  lambdas_prior=0.0, lambdas_weight=0.0, algorithm="viterbi",
                  random_state=None, n_iter=10, tol=1e-2, verbose=False, params="stl",
-                 init_params="stl", n_init=1, parallel=False):
+                 init_params="stl", implementation="log", n_init=1, parallel=False):
         self.n_components = n_components
         self.startprob_prior = startprob_prior
         self.transmat_prior = transmat_prior
@@ -429,22 +718,37 @@ class PoissonHMM(_BaseHMM):
         self.verbose = verbose
         self.params = params
         self.init_params = init_params
+        self.implementation = implementation
         self.n_init = n_init
         self.parallel = parallel
 
-    def _check_X(self, X, fitting):
-        X = _check_finite_float(X, "PoissonHMM")
+    def _check_X(self, X, n_features):
+        X = _check_float_X(X, "PoissonHMM", n_features)
         if np.any(X < 0) or not np.all(X == np.round(X)):
-            raise ValueError("PoissonHMM expects non-negative integer counts.")
+            raise ValueError("PoissonHMM expects non-negative integer counts in X.")
         return X
+
+    def _n_features_of_attributes(self):
+        return _array(self.lambdas_, "lambdas_", ndim=2).shape[1]
+
+    def _n_emission_scalars(self):
+        return {"l": self.n_components * self.n_features}
 
     def _emission_kwargs(self):
         return dict(lambdas_prior=self.lambdas_prior, lambdas_weight=self.lambdas_weight)
 
-    def _given_emission(self, dtype, all_letters=False):
-        if (all_letters or "l" not in self.init_params) and hasattr(self, "lambdas_"):
-            return PoissonEmissionParams(jnp.asarray(self.lambdas_, dtype))
-        return PoissonEmissionParams(None)
+    def _check_emission(self, letter, n_features):
+        lam = _array(self.lambdas_, "lambdas_")
+        if lam.shape != (self.n_components, n_features):
+            raise ValueError(f"lambdas_ must have shape (n_components, n_features) = "
+                             f"{(self.n_components, n_features)}, got {lam.shape}.")
+        if np.any(lam < 0):
+            raise ValueError("lambdas_ must be non-negative.")
+        return lam
+
+    def _emission_params(self, given, dtype):
+        lam = given.get("l")
+        return PoissonEmissionParams(None if lam is None else jnp.asarray(lam, dtype))
 
     def _store_emission(self, emission, family):
         self.lambdas_ = np.asarray(emission.lambdas)

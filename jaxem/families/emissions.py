@@ -3,7 +3,8 @@
 An emission model has
 
 * ``log_likelihoods(params, x (n, D)) -> (n, K)``: ``log p(x_n | z_n = k)``,
-* ``stats(x, resp) -> stats``: additive over rows (``resp (n, K)`` carries the weights),
+* ``stats(x, resp, params) -> stats``: additive over rows (``resp (n, K)`` carries the
+  weights; ``params`` the current value, about which Gaussian moments are taken),
 * ``m_step(stats, params, update) -> params``: hmmlearn 0.3.3's M-step with its priors,
   keeping the current values of parameters whose letter is not in ``update``,
 * ``init(key, x, weights, n_components, method) -> params`` and
@@ -64,8 +65,13 @@ class GaussianEmission:
         ones = jnp.ones(k, params.means.dtype)  # log 1 = 0: log_joint is the density
         return self._gaussian.log_joint(GaussianParams(ones, *params), x)
 
-    def stats(self, x: Array, resp: Array):
-        return self._gaussian.stats(x, resp)
+    def stats(self, x: Array, resp: Array, params: GaussianEmissionParams | None = None):
+        """Second moments about the current means ``params.means`` (float32: the M-step
+        then corrects a small number instead of cancelling large ones)."""
+        if params is None:
+            return self._gaussian.stats(x, resp)
+        ones = jnp.ones(params.means.shape[0], params.means.dtype)
+        return self._gaussian.stats(x, resp, GaussianParams(ones, *params))
 
     def covariances(self, params: GaussianEmissionParams) -> Array:
         """hmmlearn's ``_covars_`` storage (``spherical``: ``(K,)``)."""
@@ -76,32 +82,43 @@ class GaussianEmission:
             means, self._gaussian.precisions_cholesky_from(covariances=covars))
 
     def m_step(self, stats, params: GaussianEmissionParams, update: str):
-        post, obs, obs2 = stats.counts, stats.sum_x, stats.sum_xx
+        # hmmlearn's formulas, with its sum_n r (x - mu)^2 = obs2 - 2 mu obs + mu^2 post
+        # written about the old means m0 (stats.sum_xx = sum_n r (x - m0)^2 =: a2): with
+        # a1 = sum_n r (x - m0) and delta = mu - m0 it is a2 - 2 delta a1 + delta^2 post.
+        post, obs, a2 = stats.counts, stats.sum_x, stats.sum_xx
         mp, mw, cp, cw = self.means_prior, self.means_weight, self.covars_prior, self.covars_weight
         d = obs.shape[-1]
         means = ((mw * mp + obs) / (mw + post[:, None])) if "m" in update else params.means
         if "c" not in update:
             return params._replace(means=means)
         md = means - mp
+        a1 = obs - post[:, None] * params.means
+        delta = means - params.means
         ct = self.covariance_type
         if ct == "diag":
-            c_n = mw * md**2 + obs2 - 2 * means * obs + means**2 * post[:, None]
+            c_n = mw * md**2 + a2 - 2 * delta * a1 + delta**2 * post[:, None]
             c_d = jnp.maximum(cw - 1, 0) + post[:, None]
             cov = (cp + c_n) / jnp.maximum(c_d, 1e-5)
         elif ct == "spherical":  # hmmlearn: the diag estimate averaged over features
-            c_n = (jnp.sum(mw * md**2, axis=1) + obs2 - 2 * jnp.sum(means * obs, axis=1)
-                   + jnp.sum(means**2, axis=1) * post)
+            c_n = (jnp.sum(mw * md**2 - 2 * delta * a1 + delta**2 * post[:, None], axis=1)
+                   + a2)
             cov = (cp + c_n / d) / jnp.maximum(jnp.maximum(cw - 1, 0) + post, 1e-5)
         else:
             outer = lambda a, b: a[..., :, None] * b[..., None, :]
-            mo = outer(obs, means)
-            c_n = (mw * outer(md, md) - mo - jnp.swapaxes(mo, -1, -2)
-                   + outer(means, means) * post[:, None, None])
+            ad = outer(a1, delta)
+            c_n = (mw * outer(md, md) - ad - jnp.swapaxes(ad, -1, -2)
+                   + outer(delta, delta) * post[:, None, None])
             cvw = jnp.maximum(cw - d, 0)
             if ct == "full":
-                cov = (cp + c_n + obs2) / (cvw + post[:, None, None])
-            else:  # tied: obs2 is already summed over states
-                cov = (cp + jnp.sum(c_n, axis=0) + obs2) / (cvw + jnp.sum(post))
+                cov = (cp + c_n + a2) / (cvw + post[:, None, None])
+            else:  # tied: a2 is already summed over states
+                cov = (cp + jnp.sum(c_n, axis=0) + a2) / (cvw + jnp.sum(post))
+            # A singular covariance (a feature constant within a state) has no Cholesky
+            # factor: add min_covar to its diagonal, as hmmlearn does for its density.
+            prec = self._gaussian.precisions_cholesky_from(covariances=cov)
+            eye = self.min_covar * jnp.eye(d, dtype=cov.dtype)
+            ok = jnp.all(jnp.isfinite(prec), axis=(-2, -1), keepdims=True)
+            cov = jnp.where(ok, cov, cov + eye)
         return self.from_covariances(means, cov)
 
     def init(self, key, x, weights, n_components, method="kmeans"):
@@ -164,7 +181,7 @@ class CategoricalEmission:
     def log_likelihoods(self, params, x):
         return jnp.log(params.emissionprob).T[x[:, 0].astype(jnp.int32)]
 
-    def stats(self, x, resp):
+    def stats(self, x, resp, params=None):
         return CategoricalStats(resp.T @ self._one_hot(x, resp.dtype))
 
     def m_step(self, stats, params, update):
@@ -204,10 +221,12 @@ class PoissonEmission:
 
     def log_likelihoods(self, params, x):
         lam = params.lambdas
-        return (x @ jnp.log(lam).T - jnp.sum(lam, axis=1)
+        # A rate of 0 emits only 0: log 0 = -inf would give 0 * -inf = NaN for zero counts.
+        log_lam = jnp.where(lam > 0, jnp.log(jnp.where(lam > 0, lam, 1)), -1e30)
+        return (x @ log_lam.T - jnp.sum(lam, axis=1)
                 - jnp.sum(jax.scipy.special.gammaln(x + 1), axis=1, keepdims=True))
 
-    def stats(self, x, resp):
+    def stats(self, x, resp, params=None):
         return PoissonStats(jnp.sum(resp, axis=0), resp.T @ x)
 
     def m_step(self, stats, params, update):

@@ -112,7 +112,7 @@ class HMM:
         stats = HMMStats(
             start=w_seq @ post.smoothed[:, 0],
             trans=jnp.einsum("s,sij->ij", w_seq, post.trans_counts),
-            emission=self.emission.stats(x, resp),
+            emission=self.emission.stats(x, resp, params.emission),
         )
         ll = jnp.sum(jnp.where(w_seq > 0, w_seq * post.log_normalizer, 0.0))
         return stats, ll, jnp.sum(weights)
