@@ -3,8 +3,11 @@ from jaxem import datasets, em, families, hmm_inference
 from jaxem.batch import FitError, FitResult, fit
 from jaxem.compare import compare
 from jaxem.em import EMResult, e_step, em_step, log_likelihood, m_step, responsibilities, run
-from jaxem.estimators import CategoricalHMM, GaussianHMM, GaussianMixture, KMeans, PoissonHMM
+from jaxem.estimators import (CategoricalHMM, GaussianHMM, GaussianMixture, KMeans,
+                              MixtureClassifier, PoissonHMM)
+from jaxem.estimators import BernoulliMixture, CategoricalMixture, PoissonMixture
 from jaxem.families import gaussian, kmeans
+from jaxem.families import bernoulli, categorical, poisson
 from jaxem.gradient import fit_gradient
 from jaxem.init import initialize, kmeans_plusplus
 from jaxem.persist import load, save
@@ -14,7 +17,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CategoricalHMM", "EMResult", "FitError", "FitResult", "GaussianHMM", "GaussianMixture",
+    "MixtureClassifier",
     "KMeans", "PoissonHMM", "compare", "datasets", "e_step", "em", "em_step", "families",
     "fit", "fit_gradient", "fit_online", "fit_stream", "gaussian", "hmm_inference", "initialize", "kmeans",
     "kmeans_plusplus", "load", "log_likelihood", "m_step", "responsibilities", "run", "save",
+    "BernoulliMixture", "CategoricalMixture", "PoissonMixture", "bernoulli", "categorical",
+    "poisson",
 ]

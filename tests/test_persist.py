@@ -27,6 +27,8 @@ ESTIMATORS = {
                                                      random_state=0),
     "KMeans": lambda: jaxem.KMeans(3, n_init=2, random_state=0),
     "GaussianHMM": lambda: jaxem.GaussianHMM(3, n_iter=5, random_state=0),
+    "PoissonMixture": lambda: jaxem.PoissonMixture(2, random_state=0),
+    "MixtureClassifier": lambda: jaxem.MixtureClassifier(2, random_state=0),
 }
 
 
@@ -36,6 +38,12 @@ def test_estimator_round_trip_predicts_the_same(name, data, tmp_path):
     if name == "GaussianHMM":
         x, lengths = _hmm_data(np.random.default_rng(0))
         est.fit(x, lengths)
+    elif name == "PoissonMixture":
+        x = np.random.default_rng(0).poisson([[1.0, 8.0]], size=(100, 2)).astype(float)
+        est.fit(x)
+    elif name == "MixtureClassifier":
+        x = data
+        est.fit(x, (x[:, 0] > np.median(x[:, 0])).astype(int))
     else:
         x = data
         est.fit(x)
@@ -45,7 +53,8 @@ def test_estimator_round_trip_predicts_the_same(name, data, tmp_path):
     assert type(back) is type(est)
     assert back.get_params() == est.get_params()
     np.testing.assert_array_equal(back.predict(x), est.predict(x))
-    np.testing.assert_allclose(back.score(x), est.score(x), rtol=1e-6)
+    if name != "MixtureClassifier":  # a classifier's score needs labels
+        np.testing.assert_allclose(back.score(x), est.score(x), rtol=1e-6)
     if name != "KMeans":
         np.testing.assert_allclose(back.predict_proba(x), est.predict_proba(x), rtol=1e-6)
 
