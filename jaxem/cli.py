@@ -56,8 +56,12 @@ def _parser() -> argparse.ArgumentParser:
                     "print a summary, and save the fitted model (a safe .npz, read back by "
                     "jaxem.load or `jaxem predict`).")
     fit_p.add_argument("data", help=data_help)
-    fit_p.add_argument("--components", "-k", type=int, required=True,
-                       help="number of mixture components (clusters)")
+    size = fit_p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--components", "-k", type=int,
+                      help="number of mixture components (clusters)")
+    size.add_argument("--select-k", type=int, metavar="KMAX",
+                      help="choose the number of components in 1..KMAX by BIC (all fitted in "
+                           "one batched program), then fit it (gmm only)")
     fit_p.add_argument("--model", choices=("gmm", "kmeans"), default="gmm",
                        help="Gaussian mixture (gmm, default) or k-means")
     fit_p.add_argument("--covariance", choices=COVARIANCE_TYPES, default="full",
@@ -159,12 +163,33 @@ def _numeric_line(line: str) -> bool:
         return False
 
 
+def _select(args, x) -> int:
+    """Print the BIC table over K = 1..KMAX and return the chosen K."""
+    from jaxem.select import select_n_components
+    if args.model != "gmm":
+        raise ValueError("--select-k chooses the components of a Gaussian mixture (--model gmm)")
+    k_max = min(args.select_k, x.shape[0])
+    sel = select_n_components(gaussian(args.covariance), x.astype(np.float32), k_max=k_max,
+                              key=jax.random.key(args.seed), n_init=args.restarts,
+                              max_iter=args.max_iter)
+    print(f"{'K':>3} {'log-likelihood':>15} {'BIC':>12} {'AIC':>12} {'converged':>10}")
+    for k, ll, bic, aic, conv in zip(sel.n_components, sel.log_likelihood, sel.bic, sel.aic,
+                                     sel.n_converged):
+        mark = "  <- chosen" if k == sel.best else ""
+        print(f"{k:>3} {ll:>15.6g} {bic:>12.6g} {aic:>12.6g} {conv:>6}/{args.restarts}{mark}")
+    return int(sel.best)
+
+
 def fit_file(args) -> int:
     from jaxem.estimators import GaussianMixture, KMeans
     from jaxem.persist import save
-    if args.components < 1 or args.restarts < 1 or args.max_iter < 1:
-        raise ValueError("--components, --restarts and --max-iter must be at least 1.")
+    size = args.components if args.components is not None else args.select_k
+    if size < 1 or args.restarts < 1 or args.max_iter < 1:
+        raise ValueError("--components/--select-k, --restarts and --max-iter must be at "
+                         "least 1.")
     x = read_rows(args.data)
+    if args.select_k:
+        args.components = _select(args, x)
     if args.components > x.shape[0]:
         raise ValueError(f"--components {args.components} is more than the "
                          f"{x.shape[0]} rows of {args.data}")

@@ -67,6 +67,17 @@ def test_fit_predict_info_round_trip(kind, tmp_path, make_blobs, capsys):
     assert "GaussianMixture" in capsys.readouterr().out
 
 
+def test_select_k_prints_the_table_and_fits_the_chosen_k(tmp_path, make_blobs, capsys):
+    x, data = _blob_file(tmp_path, make_blobs, "npy")
+    model = tmp_path / "m.npz"
+    assert cli.main(["fit", str(data), "--select-k", "3", "--covariance", "diag",
+                     "--restarts", "2", "--out", str(model)]) == 0
+    text = capsys.readouterr().out
+    assert "BIC" in text and "<- chosen" in text
+    chosen = [line.split()[0] for line in text.splitlines() if "<- chosen" in line]
+    assert jaxem.load(model).n_components == int(chosen[0])
+
+
 def test_csv_without_header_reads_the_same(tmp_path, make_blobs):
     x, with_header = _blob_file(tmp_path, make_blobs, "csv")
     plain = tmp_path / "plain.csv"
@@ -81,10 +92,12 @@ def test_csv_without_header_reads_the_same(tmp_path, make_blobs):
     ({"t.csv": "a,b\n1,x\n"}, ["fit", "t.csv", "-k", "1"], "could not convert"),
     ({"n.csv": "1,2\nnan,3\n"}, ["fit", "n.csv", "-k", "1"], "NaN"),
     ({"d.csv": "1,2\n3,4\n"}, ["fit", "d.csv", "-k", "3"], "more than the 2 rows"),
-    ({"d.csv": "1,2\n3,4\n"}, ["fit", "d.csv", "-k", "0"], "at least 1"),
+    ({"d.csv": "1,2\n3,4\n"}, ["fit", "d.csv", "-k", "0"], "must be at least 1"),
     ({"d.csv": "1,2\n"}, ["info", "d.csv"], "not a jaxem file"),
     ({"d.csv": "1,2\n"}, ["predict", "nomodel.npz", "d.csv"], "no such file"),
     ({}, ["fit", "--components"], "expected one argument"),
+    ({"d.csv": "1,2\n"}, ["fit", "d.csv"], "one of the arguments"),
+    ({"d.csv": "1,2\n3,4\n"}, ["fit", "d.csv", "-k", "2", "--select-k", "2"], "not allowed"),
 ])
 def test_bad_files_and_arguments_exit_2_with_one_line(files, argv, words, tmp_path):
     for name, text in files.items():
