@@ -11,6 +11,7 @@ ours. Each remaining expected failure is listed in the module's ``COMPAT_XFAIL``
 import importlib.util
 
 import jax
+import numpy as np
 import pytest
 
 
@@ -28,7 +29,11 @@ def load_peer_tests(module: str, replacements: dict[str, str], namespace: dict) 
             raise AssertionError(f"{path}: expected {old!r} once, found it {count} times")
         source = source.replace(old, new)
     namespace["__package__"] = module.rpartition(".")[0]  # relative imports work
-    exec(compile(source, path, "exec"), namespace)
+    errstate = np.geterr()  # hmmlearn's tests/__init__.py sets np.seterr(all="warn")
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    finally:
+        np.seterr(**errstate)
     return path
 
 

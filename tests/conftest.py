@@ -8,6 +8,25 @@ import numpy as np
 import pytest
 
 
+def _mapped_regions() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux: no such limit to watch
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """XLA's CPU backend maps memory for every compiled program (about 3-4 regions
+    each) and keeps it while the program is cached; one test process compiles thousands,
+    and past the kernel's ``vm.max_map_count`` (65530) the compiler crashes (SIGSEGV or
+    abort). Drop the caches when the count gets high: tests only recompile."""
+    yield
+    if _mapped_regions() > 30_000:
+        jax.clear_caches()
+
+
 @pytest.fixture
 def x64():
     """Run the test in JAX float64 mode; the previous mode is restored afterwards."""

@@ -238,9 +238,12 @@ def test_bad_input_raises_value_error_naming_the_problem():
     fam = jaxem.gaussian("diag")
     fit = functools.partial(jaxem.fit, fam, n_components=2, key=jax.random.key(0))
     nan = x.copy()
-    nan[3, 1] = np.nan
+    nan[3] = np.nan  # NaN entries are missing values for a Gaussian; a row of them is not
     with pytest.raises(ValueError, match="NaN"):
         fit(nan)
+    nan[3, 0] = 1.0
+    with pytest.raises(ValueError, match="NaN"):  # k-means has no missing values
+        jaxem.fit(jaxem.kmeans(), nan, n_components=2, key=jax.random.key(0))
     with pytest.raises(ValueError, match="n_components=2"):
         fit(x[:1])
     with pytest.raises(ValueError, match="at least"):
