@@ -266,7 +266,6 @@ _BAD_X = {
 }
 
 
-@pytest.mark.parametrize("x, error, words", _BAD_X.values(), ids=_BAD_X.keys())
 def test_nan_is_missing_but_a_row_of_nan_is_refused():
     # A deliberate difference: scikit-learn refuses any NaN; jaxem fits NaN entries as
     # missing values (tests/test_gaussian_missing.py) but not a row with none observed.
@@ -275,6 +274,7 @@ def test_nan_is_missing_but_a_row_of_nan_is_refused():
         jaxem.GaussianMixture(3).fit(x)
 
 
+@pytest.mark.parametrize("x, error, words", _BAD_X.values(), ids=_BAD_X.keys())
 def test_bad_x_to_fit(x, error, words):
     with pytest.raises(error, match=re.escape(words)):
         jaxem.GaussianMixture(3).fit(x)
