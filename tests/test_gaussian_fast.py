@@ -110,31 +110,3 @@ def test_vmapped_restarts_equal_single_when_one_needs_the_exact_form():
     for i, p in enumerate((near, far)):
         np.testing.assert_allclose(lj[i], fam.log_joint(p, x), rtol=1e-5, atol=1e-3)
 
-
-@pytest.mark.parametrize("ct", ["diag", "spherical"])
-def test_stats_two_level_gemm_for_well_separated_components(ct):
-    # Four tight components 30 of their own widths (per feature) from the rows' mean:
-    # one shared centre would lose ~eps 30^2 of the second moments and need the exact
-    # path; expanding each row about its most responsible component keeps the GEMMs
-    # (not risky) and float32 accuracy against a float64 sum of direct differences.
-    # Soft responsibilities (and some rows of weight 0) exercise the between-component
-    # terms, not only one-hot rows.
-    rng = np.random.default_rng(7)
-    k, n, sigma = 4, 2000, 0.1
-    centres = rng.choice([-3.0, 3.0], size=(k, D))
-    z = rng.integers(0, k, n)
-    x = (centres[z] + sigma * rng.normal(size=(n, D))).astype(np.float32)
-    resp = 0.97 * np.eye(k)[z] + 0.03 * rng.dirichlet(np.ones(k), n)
-    resp[rng.random(n) < 0.1] = 0.0
-    resp = resp.astype(np.float32)
-    means = (centres + 0.01 * rng.normal(size=(k, D))).astype(np.float32)
-    prec = np.full((k, D), 1 / sigma) if ct == "diag" else np.full(k, 1 / sigma)
-    fam = jaxem.gaussian(ct)
-    params = GaussianParams(np.full(k, 1 / k, np.float32), means, prec.astype(np.float32))
-    counts = jnp.sum(resp, axis=0)
-    got, risky = jax.jit(fam._stats_fast)(x, resp, params, counts)
-    assert not bool(risky)
-    r64, x64, m64 = (np.asarray(a, np.float64) for a in (resp, x, means))
-    sq = np.einsum("nk,nkd->kd", r64, (x64[:, None] - m64[None]) ** 2)
-    np.testing.assert_allclose(got.sum_x, r64.T @ x64, rtol=1e-6, atol=1e-4)
-    np.testing.assert_allclose(got.sum_xx, sq if ct == "diag" else sq.sum(1), rtol=1e-4)

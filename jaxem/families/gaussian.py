@@ -250,65 +250,42 @@ class Gaussian(Mixture):
         return GaussianStats(counts, _dot(resp.T, x), sum_xx)
 
     def _stats_fast(self, x, resp, params, counts):
-        """:class:`GaussianStats` about the current means as GEMMs, and whether they
-        may be inaccurate (a scalar bool).
+        """:class:`GaussianStats` about the current means as GEMMs about the rows' mean
+        ``c``, and whether they may be inaccurate (a scalar bool).
 
-        ``diag``/``spherical`` (see :meth:`_stats_two_level`) expand each row about the
-        mean of its most responsible component; ``tied`` expands about the rows' mean
-        ``c``: with ``m_k = mu_k - c``, ``s_k = sum_n r_nk (x_n - c)`` and ``q`` the
-        second moment about ``c``, ``sum_k sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T =
-        q - m^T s - s^T m + sum_k counts_k m_k m_k^T``. Rounding leaves about
-        ``_GAMMA eps (q + counts m^2)`` on the diagonal; ``risky`` when that exceeds
-        ``_RTOL`` times the result plus ``reg_covar * counts`` (the M-step adds
-        ``reg_covar`` to the variance).
+        With ``m_k = mu_k - c``, ``s_k = sum_n r_nk (x_n - c)`` and ``q_k`` the second
+        moment about ``c``: ``sum_n r_nk (x_n - mu_k)^2 = q_k - 2 m_k s_k + counts_k m_k^2``.
+        Rounding leaves about ``_GAMMA eps (q_k + counts_k m_k^2)``; ``risky`` when
+        that exceeds ``_RTOL`` times the result plus ``reg_covar * counts_k`` (the
+        M-step adds ``reg_covar`` to the variance).
         """
         params, x = _materialise(params, x)
         c = jnp.mean(x, axis=0)
-        if self.covariance_type != "tied":
-            return self._stats_two_level(x - c, resp, params.means - c, counts, c)
         xc = x - c
         m = params.means - c
         s = _dot(resp.T, xc)  # (K, D)
-        q = _dot((xc * jnp.sum(resp, axis=1)[:, None]).T, xc)
-        ms = jnp.einsum("kd,ke->de", m, s, precision=_HIGHEST)
-        mm = jnp.einsum("k,kd,ke->de", counts, m, m, precision=_HIGHEST)
-        sum_xx = q - ms - ms.T + mm
-        big = jnp.diagonal(q) + jnp.diagonal(mm)
-        scale = jnp.maximum(jnp.diagonal(sum_xx), 0.0) + self.reg_covar * jnp.sum(counts)
+        sum_x = s + counts[:, None] * c
+        ct = self.covariance_type
+        if ct == "diag":
+            q = _dot(resp.T, xc * xc)
+            sum_xx = q - m * (2.0 * s - counts[:, None] * m)
+            big = q + counts[:, None] * m * m
+            scale = jnp.maximum(sum_xx, 0.0) + self.reg_covar * counts[:, None]
+        elif ct == "spherical":
+            q = _dot(resp.T, jnp.sum(xc * xc, axis=1))
+            sum_xx = q - jnp.sum(m * (2.0 * s - counts[:, None] * m), axis=1)
+            big = q + counts * jnp.sum(m * m, axis=1)
+            scale = jnp.maximum(sum_xx, 0.0) + self.reg_covar * x.shape[-1] * counts
+        else:  # tied: sum_k sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T
+            q = _dot((xc * jnp.sum(resp, axis=1)[:, None]).T, xc)
+            ms = jnp.einsum("kd,ke->de", m, s, precision=_HIGHEST)
+            mm = jnp.einsum("k,kd,ke->de", counts, m, m, precision=_HIGHEST)
+            sum_xx = q - ms - ms.T + mm
+            big = jnp.diagonal(q) + jnp.diagonal(mm)
+            scale = (jnp.maximum(jnp.diagonal(sum_xx), 0.0)
+                     + self.reg_covar * jnp.sum(counts))
         risky = jnp.any((_GAMMA * jnp.finfo(x.dtype).eps) * big > _RTOL * scale)
-        return GaussianStats(counts, s + counts[:, None] * c, sum_xx), risky
-
-    def _stats_two_level(self, y, resp, m, counts, c):
-        """``diag``/``spherical`` statistics as one GEMM, each row expanded about the
-        mean of its most responsible component.
-
-        ``y (n, D)`` and ``m (K, D)`` are the rows and means about ``c (D,)``. Row ``n``
-        takes ``g_n = m_j`` with ``j = argmax_k r_nk`` and ``e_n = y_n - g_n``; then
-        ``y_n - m_k = e_n + (m_j - m_k)`` and
-        ``sum_n r_nk (y_nd - m_kd)^2 = E2 + 2 EC - 2 m_kd SE + sum_j R_kj (m_jd - m_kd)^2``
-        with ``[E2, EC, SE, R] = r^T [e^2, e g, e, onehot(j)]``. ``e`` is a row's
-        distance from its own component, so rounding is about ``_GAMMA eps (E2 + R-term
-        + 2 (max_j |m_jd| + |m_kd|) sqrt(counts_k E2))`` (Cauchy-Schwarz on the cross
-        terms): relative to the result, the separation of the components in their own
-        widths, not its square as with one shared centre. ``risky`` when that exceeds
-        ``_RTOL`` times the result plus ``reg_covar * counts``.
-        """
-        k, d = m.shape
-        onehot = jax.nn.one_hot(jnp.argmax(resp, axis=1), k, dtype=y.dtype)
-        g = _dot(onehot, m)  # one non-zero term per row: exact
-        e = y - g
-        sums = _dot(resp.T, jnp.concatenate([e * e, e * g, e, onehot], axis=1))
-        e2, eg, se, r_kj = jnp.split(sums, [d, 2 * d, 3 * d], axis=1)
-        between = jnp.einsum("kj,kjd->kd", r_kj, (m[None, :, :] - m[:, None, :]) ** 2,
-                             precision=_HIGHEST)
-        sum_xx = e2 + between + 2.0 * (eg - m * se)
-        cross = (jnp.max(jnp.abs(m), axis=0) + jnp.abs(m)) * jnp.sqrt(counts[:, None] * e2)
-        bound = (_GAMMA * jnp.finfo(y.dtype).eps) * (e2 + between + 2.0 * cross)
-        scale = jnp.maximum(sum_xx, 0.0) + self.reg_covar * counts[:, None]
-        if self.covariance_type == "spherical":
-            sum_xx, bound, scale = (jnp.sum(a, axis=1) for a in (sum_xx, bound, scale))
-        sum_x = se + _dot(r_kj, m) + counts[:, None] * c
-        return GaussianStats(counts, sum_x, sum_xx), jnp.any(bound > _RTOL * scale)
+        return GaussianStats(counts, sum_x, sum_xx), risky
 
     def _raw_moments(self, x, resp):
         """``sum_xx`` about 0, each a single GEMM."""
