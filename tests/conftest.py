@@ -16,6 +16,18 @@ def _mapped_regions() -> int:
         return 0
 
 
+_NUMPY_ERRSTATE = np.geterr()  # before any peer test package changes it
+
+
+@pytest.fixture(autouse=True)
+def _numpy_errstate():
+    """Every test sees numpy's default floating-point error state: importing hmmlearn's
+    test package calls ``np.seterr(all="warn")`` for the whole process, which would turn
+    harmless underflows into warnings (errors under ``simplefilter("error")``)."""
+    with np.errstate(**_NUMPY_ERRSTATE):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _release_compiled_programs():
     """XLA's CPU backend maps memory for every compiled program (about 3-4 regions
