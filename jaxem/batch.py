@@ -163,9 +163,20 @@ def with_missing(family, x):
     ``supports_missing`` and has a static ``missing`` switch (the Gaussians) gets it
     turned on (exact EM over the observed entries); others are returned as they are."""
     if (getattr(family, "supports_missing", False) and hasattr(family, "missing")
-            and not family.missing and bool(jnp.any(jnp.isnan(jnp.asarray(x))))):
+            and not family.missing and has_nan(x)):
         return dataclasses.replace(family, missing=True)
     return family
+
+
+def has_nan(x) -> bool:
+    """Whether the float array ``x`` has a NaN: a min, which propagates NaN, so no
+    data-sized mask is made."""
+    if x.size == 0:
+        return False
+    return bool(jnp.isnan(_min(x)) if isinstance(x, jax.Array) else np.isnan(np.min(x)))
+
+
+_min = jax.jit(jnp.min)
 
 
 def _complete(family):
@@ -500,6 +511,18 @@ def check_dtype(dtype, name: str = "x") -> np.dtype:
     return dtype
 
 
+@jax.jit
+def _data_summary(x3, w3):
+    """Reductions over the used rows (weight > 0), fused so that no data-sized temporary
+    is held: (any inf, any NaN, first row with every entry NaN or -1, fewest used rows)."""
+    used = w3[..., None] > 0
+    nan = jnp.isnan(x3) & used
+    all_nan = jnp.all(nan, axis=-1) & used[..., 0]
+    first = jnp.min(jnp.where(all_nan, jnp.arange(x3.shape[1]), x3.shape[1]))
+    return (jnp.any(jnp.isinf(x3) & used), jnp.any(nan),
+            jnp.where(first < x3.shape[1], first, -1), jnp.min(jnp.sum(w3 > 0, axis=1)))
+
+
 def _check_data(x, weights, n_components, allow_nan=False):
     """Validate and bring to ``(B, n, D)`` data and ``(B, n)`` weights."""
     x3 = x if x.ndim == 3 else x[None]
@@ -520,18 +543,16 @@ def _check_data(x, weights, n_components, allow_nan=False):
         if zero:
             raise ValueError(f"weights are all zero in data set(s) {zero}: at least "
                              f"n_components={n_components} rows need positive weight.")
-    used = w3[..., None] > 0
+    bad_inf, bad_nan, empty, n_rows = (np.asarray(a) for a in _data_summary(x3, w3))
     if allow_nan:  # missing entries are NaN; a row needs one observed value
-        if bool(jnp.any(jnp.isinf(jnp.where(used, x3, 0.0)))):
+        if bad_inf:
             raise ValueError("x contains infinity; remove those rows or give them weight 0.")
-        empty = np.argwhere(np.asarray(jnp.all(jnp.isnan(x3), axis=-1) & used[..., 0]))
-        if len(empty):
+        if empty >= 0:
             raise ValueError(f"x has rows with every value missing (NaN), e.g. row "
-                             f"{empty[0, -1]}: drop them or give them weight 0.")
-    elif not bool(jnp.all(jnp.isfinite(jnp.where(used, x3, 0.0)))):
+                             f"{empty}: drop them or give them weight 0.")
+    elif bad_inf or bad_nan:
         raise ValueError("x contains NaN or infinity; remove or impute those rows (or give "
                          "them weight 0); Gaussian mixtures fit NaN as missing values.")
-    n_rows = int(jnp.min(jnp.sum(w3 > 0, axis=1)))
     if n_rows < n_components:
         raise ValueError(f"Expected at least n_components={n_components} samples with "
                          f"positive weight in every data set, got {n_rows}: lower "

@@ -15,7 +15,7 @@ from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from jaxem.batch import FitError, fit, initial_params
+from jaxem.batch import FitError, fit, has_nan, initial_params
 from jaxem.estimators._base import float_dtype, key_from, posterior, sample_weights, to_numpy
 from jaxem.families import gaussian_missing
 from jaxem.families.gaussian import COVARIANCE_TYPES, GaussianParams, gaussian
@@ -116,7 +116,7 @@ class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
                              f"n_components = {self.n_components}, n_samples = {n}.")
         given = self._check_initial_parameters(d)
         w = sample_weights(sample_weight, n, X.dtype)
-        family = self._family(missing=bool(np.isnan(X).any()))
+        family = self._family(missing=has_nan(X))
         key = key_from(self.random_state)
         warm = self.warm_start and hasattr(self, "converged_")
         if warm:
