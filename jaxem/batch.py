@@ -14,7 +14,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxem import em, rows
-from jaxem.init import INIT_METHODS, initialize
+from jaxem.families.base import (MixtureFamily, SequenceFamily, capability,
+                                 check_registered)
+from jaxem.init import INIT_METHODS, initialize, seed_with_labels
 
 PyTree = Any
 
@@ -30,7 +32,7 @@ class FitResult(NamedTuple):
 
     params: PyTree
     log_likelihood: jax.Array  # best restart's mean per-sample log-likelihood
-    trace: jax.Array  # (..., max_iter) its per-iteration trace, NaN-padded
+    trace: jax.Array  # (..., max_iter) its per-iteration objective, NaN-padded
     n_iter: jax.Array
     converged: jax.Array
     failed: jax.Array  # True only when every restart failed
@@ -45,7 +47,8 @@ class FitError(ValueError):
 def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
         weights=None, max_iter: int = 100, tol: float = 1e-3,
         init: str | PyTree = "kmeans", chunk_size: int | None = None,
-        devices=None, shard: str = "rows", check: bool = True) -> FitResult:
+        devices=None, shard: str = "rows", check: bool = True, labels=None,
+        progress: bool | None = None) -> FitResult:
     """Fit ``family`` by EM with ``n_init`` restarts run in parallel (``vmap``).
 
     Args:
@@ -74,6 +77,22 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
         restarts; ``n_init`` is padded up to a multiple of the devices and the padding
         restarts are dropped). Results equal the single-device fit up to float rounding.
       check: raise :class:`FitError` if every restart of some data set failed.
+      labels: partial labels (semi-supervised EM, mixture families): ``(n_samples,)`` or
+        ``(n_datasets, n_samples)`` ints, ``k`` in ``0 .. n_components - 1`` clamps the
+        row's responsibilities to component ``k``, ``-1`` leaves it unlabelled. EM then
+        maximises ``sum_unlabelled log p(x) + sum_labelled log p(x, z = label)``, the
+        value ``trace`` and ``log_likelihood`` hold. With an ``init`` method (not given
+        parameters), the start agrees with the labels (see
+        :func:`jaxem.init.seed_with_labels`).
+      progress: show a progress bar (tqdm: ``pip install 'jaxem[progress]'``) with the
+        iteration, the best objective so far and how many instances (restarts x data
+        sets) have finished; the run is then split into compiled blocks of iterations
+        (results identical, bit for bit). ``None``: off, unless inside
+        ``with jaxem.progress.shown():``.
+
+    Rows are padded with weight 0 up to a size of :func:`bucket_rows` (steps of at most
+    1/8 octave), so fits on data of similar sizes share one compiled program; padding
+    changes no result beyond float rounding.
 
     >>> import jax, jaxem
     >>> x = jaxem.datasets.load_faithful()
@@ -89,25 +108,110 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     max_iter, tol = check_int("max_iter", max_iter), check_tol(tol)
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size)
+    x, weights, labels = _pad_rows(family, x, weights, labels)
     x = as_data(x)
     single = x.ndim == 2
     family = with_missing(family, x)
     x, weights, keys, method, params0 = _prepare(family, x, weights, key, n_init,
                                                  n_components, init)
+    if labels is not None:
+        labels = jnp.asarray(check_labels(labels, x.shape[int(single):2], n_components,
+                                          family)).reshape(x.shape[:2])
     mesh, n_keep = None, None
     if devices is not None:
         mesh, x, weights, keys, params0, n_keep = _spread(devices, shard, x, weights, keys,
                                                           params0, key)
+        if labels is not None and shard == "rows":
+            labels = _spread_labels(mesh, labels, x.shape[1])
     if chunk_size is None:  # sized for what one device holds
         b, n, d = x.shape
         split = 1 if mesh is None else mesh.size
         row_split, restart_split = (split, 1) if shard == "rows" else (1, split)
         chunk_size = auto_chunk_size((b, n // row_split, d), keys.shape[1] // restart_split,
                                      n_components, family)
+    from jaxem.progress import wanted  # the bar's module; it imports tqdm only to show one
+
     result = _fit(family, x, weights, keys, params0, tol, n_components=n_components,
                   method=method, max_iter=max_iter, chunk_size=chunk_size, mesh=mesh,
-                  shard=shard, n_keep=n_keep)
+                  shard=shard, n_keep=n_keep, labels=labels, progress=wanted(progress))
     return _finish(result, single, check, "EM", family, (x, weights))
+
+
+# Row-count buckets per octave that jaxem.fit pads the rows up to (a power of two; 0: no
+# padding, every row count its own compiled program).
+BUCKET_STEPS = 8
+# Up to this many rows no padding: small fits compile quickly, and an unpadded program
+# keeps them bit-for-bit comparable across restart counts (padding changed the last ulp
+# of a 50-row fit between n_init=1 and n_init=10, which scikit-learn's tests compare).
+BUCKET_FROM = 1024
+
+
+def bucket_rows(n: int, unit: int = 1) -> int:
+    """The number of rows :func:`fit` pads ``n`` rows to, in groups of ``unit`` rows (an
+    HMM's ``seq_len``): ``m * 2**e`` groups with ``8 <= m <= 16``, so a step is at most
+    1/8 octave (12.5% padding, about 5% on average) and data sets of similar sizes share
+    one compiled program; up to :data:`BUCKET_FROM` rows, no padding.
+
+    >>> [bucket_rows(n) for n in (10, 17, 272, 1000, 1024, 1025, 200_000)]
+    [10, 17, 272, 1000, 1024, 1152, 212992]
+    """
+    groups = -(-n // unit)
+    if BUCKET_STEPS and groups > 2 * BUCKET_STEPS and groups * unit > BUCKET_FROM:
+        e = groups.bit_length() - BUCKET_STEPS.bit_length()
+        groups = -(-groups >> e) << e
+    return groups * unit
+
+
+def _pad_rows(family, x, weights, labels):
+    """``x (n, D)`` or ``(B, n, D)`` with its rows padded to :func:`bucket_rows` rows of
+    weight 0 (``weights`` made and padded with 0, ``labels`` with -1), before any check
+    or transfer, so that the checks' small programs are shared by the bucket too; in
+    NumPy for NumPy input (no compilation). A family with its own E-step is padded in
+    whole sequences (its ``seq_len``), or not at all if it declares none. Input that the
+    checks will refuse is returned as it is, so their messages name the user's shapes."""
+    unit = getattr(family, "seq_len", None) if capability(family, "has_e_step") else 1
+    if not isinstance(unit, int) or unit < 1:
+        return x, weights, labels
+    xa = x
+    if not isinstance(xa, (np.ndarray, jax.Array)):
+        if isinstance(xa, (str, bytes)) or type(xa).__module__.startswith("scipy.sparse"):
+            return x, weights, labels
+        try:
+            xa = np.asarray(xa)
+        except ValueError:  # ragged: as_data says so
+            return x, weights, labels
+    if (xa.ndim not in (2, 3) or 0 in xa.shape or xa.dtype.kind not in "biuf"
+            or xa.shape[-2] % unit):
+        return x, weights, labels
+    n, lead = xa.shape[-2], xa.shape[:-1]
+    pad = bucket_rows(n, unit) - n
+    if pad == 0 or any(a is not None and np.shape(a) != lead for a in (weights, labels)):
+        return x, weights, labels
+    xp = jnp if isinstance(xa, jax.Array) else np
+    if weights is None:
+        weights = xp.ones(lead, xa.dtype if xa.dtype.kind == "f" else np.float32)
+
+    def rows(a, axis, value):
+        a = a if isinstance(a, (np.ndarray, jax.Array)) else np.asarray(a)
+        width = [(0, 0)] * a.ndim
+        width[axis] = (0, pad)
+        return (jnp if isinstance(a, jax.Array) else np).pad(a, width, constant_values=value)
+
+    return (rows(xa, -2, 0), rows(weights, -1, 0),
+            None if labels is None else rows(labels, -1, -1))
+
+
+def _spread_labels(mesh, labels, n_rows):
+    """``labels (B, n)`` padded with -1 (unlabelled) to the ``n_rows`` that
+    :func:`_spread` gave ``x`` (the global count: this process's share is its devices'
+    fraction) and split over the mesh's rows as ``x`` is."""
+    n_mine = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+    local = n_rows * n_mine // mesh.size
+    labels = jnp.pad(labels, ((0, 0), (0, local - labels.shape[1])), constant_values=-1)
+    rows_split = NamedSharding(mesh, P(None, AXIS))
+    if n_mine == mesh.size:
+        return jax.device_put(labels, rows_split)
+    return jax.make_array_from_process_local_data(rows_split, np.asarray(labels))
 
 
 def _spread(devices, shard, x, weights, keys, params0, key):
@@ -162,21 +266,21 @@ def with_missing(family, x):
     """The family that fits ``x``: when ``x`` has NaN, a family that declares
     ``supports_missing`` and has a static ``missing`` switch (the Gaussians) gets it
     turned on (exact EM over the observed entries); others are returned as they are."""
-    if (getattr(family, "supports_missing", False) and hasattr(family, "missing")
-            and not family.missing and has_nan(x)):
+    if capability(family, "supports_missing") and not family.missing and has_nan(x):
         return dataclasses.replace(family, missing=True)
     return family
 
 
 def has_nan(x) -> bool:
-    """Whether the float array ``x`` has a NaN: a min, which propagates NaN, so no
-    data-sized mask is made."""
+    """Whether the float array ``x`` has a NaN, with no data-sized mask: NumPy's min
+    propagates NaN; on a device, a fused jitted ``any(isnan)`` (XLA's CPU ``min`` may
+    drop NaN)."""
     if x.size == 0:
         return False
-    return bool(jnp.isnan(_min(x)) if isinstance(x, jax.Array) else np.isnan(np.min(x)))
+    return bool(_any_nan(x) if isinstance(x, jax.Array) else np.isnan(np.min(x)))
 
 
-_min = jax.jit(jnp.min)
+_any_nan = jax.jit(lambda x: jnp.any(jnp.isnan(x)))
 
 
 def _complete(family):
@@ -186,7 +290,7 @@ def _complete(family):
 
 
 def _accepts_nan(family) -> bool:
-    return bool(getattr(family, "supports_missing", False) and getattr(family, "missing", True))
+    return bool(capability(family, "supports_missing") and family.missing)
 
 
 def _prepare(family, x, weights, key, n_init, n_components, init):
@@ -276,33 +380,116 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
     unchunked); 8 restarts 0.33 s at 4096 (0.44 s at 2048, 1.19 s unchunked).
     """
     n_batch, n, d = shape
-    if getattr(family, "gemm_rows", False):
+    if capability(family, "gemm_rows"):
         rows = min(16384, max(4096, 2**17 // (n_batch * n_init * n_components)))
     else:
         rows = max(256, 2**20 // (n_batch * n_init * n_components * d))
     return None if 2 * rows > n else int(rows)
 
 
-@functools.partial(jax.jit, static_argnames=("n_components", "method", "max_iter",
-                                             "chunk_size", "mesh", "shard", "n_keep"))
-def _fit(family, x, weights, keys, params0, tol, *, n_components, method, max_iter, chunk_size,
-         mesh=None, shard="rows", n_keep=None):
-    """x: (B, n, D), weights: (B, n), keys: (B, R), params0: None or (B, R, ...)."""
+def _fit(family, x, weights, keys, params0, tol, *, n_components, method, max_iter,
+         chunk_size, mesh=None, shard="rows", n_keep=None, labels=None, progress=False):
+    """x: (B, n, D), weights: (B, n), keys: (B, R), params0: None or (B, R, ...),
+    labels: None or (B, n) ints (-1 unlabelled).
 
-    def driver(params, x, w, key, axis_name):
-        del key
-        return em.run(family, params, x, w, max_iter=max_iter, tol=tol, chunk_size=chunk_size,
-                      axis_name=axis_name)
+    Three compiled programs: init and centring (:func:`_fit_start`), the EM loop
+    (:func:`_fit_block`, :func:`jaxem.em.resume`), the best-of (:func:`_fit_finish`).
+    With ``progress`` the loop runs in blocks of iterations with a bar between them;
+    without, in one block. The state between blocks is the ``while_loop``'s carry and
+    both run the same programs, so results are identical, bit for bit (one program for
+    all three would let XLA fuse differently, and round differently, than the blocks)."""
+    state, xc, shift = _fit_start(family, x, weights, keys, params0,
+                                  n_components=n_components, method=method,
+                                  max_iter=max_iter, chunk_size=chunk_size, mesh=mesh,
+                                  shard=shard, labels=labels)
+
+    def block(state, n_steps):
+        return _fit_block(family, state, xc, weights, tol, n_steps, chunk_size=chunk_size,
+                          mesh=mesh, shard=shard, n_keep=n_keep, labels=labels)
+
+    if progress:
+        from jaxem import progress as bar
+
+        state = bar.run_blocks(block, state, max_iter=max_iter,
+                               n_instances=keys.shape[0] * (n_keep or keys.shape[1]),
+                               n_datasets=keys.shape[0])
+    else:
+        state = block(state, max_iter)[0]
+    return _fit_finish(family, state, shift, mesh=mesh, shard=shard, n_keep=n_keep)
+
+
+@functools.partial(jax.jit, static_argnames=("n_components", "method", "max_iter",
+                                             "chunk_size", "mesh", "shard"))
+def _fit_start(family, x, weights, keys, params0, *, n_components, method, max_iter,
+               chunk_size, mesh=None, shard="rows", labels=None):
+    """The driver's state before its first iteration, for every instance, as :func:`_fit`
+    makes it: ``(EMResult (B, R), centred x, shift)`` (parameters about the centred x)."""
+
+    def driver(params, x, w, key, axis_name, labels=None):
+        del x, w, key, axis_name, labels
+        return em.start(params, max_iter)
 
     return _restarts(family, driver, x, weights, keys, params0, n_components, method,
-                     chunk_size=chunk_size, mesh=mesh, shard=shard, n_keep=n_keep)
+                     chunk_size=chunk_size, mesh=mesh, shard=shard, labels=labels,
+                     centred=True)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size", "mesh", "shard", "n_keep"))
+def _fit_block(family, state, x, weights, tol, n_steps, *, chunk_size, mesh=None,
+               shard="rows", n_keep=None, labels=None):
+    """Up to ``n_steps`` (traced) more iterations of every instance, batched and split
+    over the mesh as :func:`_restarts` runs the driver. Returns ``(state, (iterations
+    run, instances finished, best objective so far: mean over data sets))``."""
+
+    def run_all(state, x, w, labels, axis_name=None):
+        def per_dataset(state, x, w, labels):
+            given = {} if labels is None else {"labels": labels}
+            return jax.vmap(lambda s: em.resume(family, s, x, w, n_steps=n_steps, tol=tol,
+                                                chunk_size=chunk_size, axis_name=axis_name,
+                                                **given))(state)
+
+        return jax.vmap(per_dataset)(state, x, w, labels)
+
+    if mesh is None:
+        state = run_all(state, x, weights, labels)
+    elif shard == "rows":
+        state = jax.shard_map(
+            functools.partial(run_all, axis_name=AXIS), mesh=mesh,
+            in_specs=(P(), P(None, AXIS), P(None, AXIS), P(None, AXIS)), out_specs=P(),
+            check_vma=False)(state, x, weights, labels)
+    else:
+        state = jax.shard_map(
+            run_all, mesh=mesh, in_specs=(P(None, AXIS), P(), P(), P()),
+            out_specs=P(None, AXIS), check_vma=False)(state, x, weights, labels)
+    kept = state if n_keep is None else jax.tree.map(lambda a: a[:, :n_keep], state)
+    last = jnp.take_along_axis(kept.trace, jnp.maximum(kept.n_iter - 1, 0)[..., None],
+                               axis=-1)[..., 0]
+    score = jnp.where(kept.failed | (kept.n_iter == 0) | ~jnp.isfinite(last), -jnp.inf, last)
+    summary = (jnp.max(kept.n_iter), jnp.sum(~em.running(kept)),
+               jnp.mean(jnp.max(score, axis=1)))
+    return state, summary
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "shard", "n_keep"))
+def _fit_finish(family, state, shift, *, mesh=None, shard="rows", n_keep=None):
+    """Parameters moved back from the centred data, and the best-of, as :func:`_restarts`
+    ends."""
+    if shift is not None:
+        params = jax.vmap(jax.vmap(family.translate, (0, None)))(state.params, shift)
+        state = state._replace(params=params)
+    if mesh is not None and shard == "restarts":
+        state = jax.lax.with_sharding_constraint(state, NamedSharding(mesh, P()))
+    if n_keep is not None:
+        state = jax.tree.map(lambda a: a[:, :n_keep], state)
+    return best_of(state)
 
 
 AXIS = "jaxem"  # the mesh axis that rows or restarts are split over
 
 
 def _restarts(family, driver, x, weights, keys, params0, n_components, method, *,
-              chunk_size=None, mesh=None, shard="rows", n_keep=None):
+              chunk_size=None, mesh=None, shard="rows", n_keep=None, labels=None,
+              centred=False):
     """Init, run ``driver(params, x, w, key, axis_name) -> EMResult`` on centred data for
     every restart and data set (vmapped), and pick the best restart. Call inside ``jit``.
 
@@ -310,13 +497,21 @@ def _restarts(family, driver, x, weights, keys, params0, n_components, method, *
     devices (``shard_map``; every pass over the rows ends in a ``psum`` over the axis,
     so all devices hold the same parameters), ``shard="restarts"`` the restarts (each
     device runs its restarts on all the rows, no communication until the best-of).
+
+    ``labels`` (``(B, n)`` ints, -1 unlabelled; split as the rows are) are passed to the
+    driver as ``labels=``, and an init method's start is made to agree with them.
+
+    ``centred=True`` (the first block of a fit run in blocks, :func:`_fit_start`) returns
+    ``(driver's outputs (B, R), centred x (B, n, D), shift (B, D) or None)`` instead:
+    parameters left about the centred data, no best-of, every restart (padding ones too).
     """
 
     missing = getattr(family, "missing", False) is True
 
-    def one(key, params, x, w, shift, axis_name):
+    def one(key, params, x, w, shift, axis_name, labels):
+        seed = params is None and labels is not None
         if params is None:
-            if hasattr(family, "init"):
+            if capability(family, "has_init"):
                 params = family.init(key, x, w, n_components, method)
             elif missing:  # start from the complete family on mean-imputed (0) centred rows
                 params = initialize(_complete(family), key,
@@ -327,17 +522,20 @@ def _restarts(family, driver, x, weights, keys, params0, n_components, method, *
                                     chunk_size=chunk_size, axis_name=axis_name)
         elif shift is not None:
             params = family.translate(params, -shift)
+        if seed:
+            params = seed_with_labels(family, params, x, w, labels, chunk_size, axis_name)
         # The init keeps ``key`` itself, so EM's starting points do not depend on the driver.
-        out = driver(params, x, w, jax.random.fold_in(key, 1), axis_name)
-        if shift is not None:
+        given = {} if labels is None else {"labels": labels}
+        out = driver(params, x, w, jax.random.fold_in(key, 1), axis_name, **given)
+        if shift is not None and not centred:
             out = out._replace(params=family.translate(out.params, shift))
         return out
 
-    def per_dataset(keys, params, x, w, axis_name):
+    def per_dataset(keys, params, x, w, labels, axis_name):
         # Padding rows may hold anything, NaN included (0 * NaN is NaN): zero them first.
         x = jnp.where(w[:, None] > 0, x, 0.0)
         shift = None
-        if hasattr(family, "translate"):
+        if capability(family, "centres_data"):
             # Fit centred data: float32 moments stay accurate far from the origin.
             if missing:  # each feature's mean over the rows where it is observed
                 mass = rows.sum_rows(
@@ -349,23 +547,30 @@ def _restarts(family, driver, x, weights, keys, params0, n_components, method, *
                                      chunk_size, axis_name)
             shift = mass[0] / mass[1]
             x = x - shift
-        return jax.vmap(one, (0, 0, None, None, None, None))(keys, params, x, w, shift,
-                                                              axis_name)
+        out = jax.vmap(one, (0, 0, None, None, None, None, None))(keys, params, x, w, shift,
+                                                                   axis_name, labels)
+        return (out, x, shift) if centred else out
 
-    def run_all(keys, params0, x, weights, axis_name=None):
-        return jax.vmap(per_dataset, (0, 0, 0, 0, None))(keys, params0, x, weights, axis_name)
+    def run_all(keys, params0, x, weights, labels, axis_name=None):
+        return jax.vmap(per_dataset, (0, 0, 0, 0, 0, None))(keys, params0, x, weights, labels,
+                                                            axis_name)
 
+    # With centred=True, also the centred rows (split as x is) and the shifts (replicated).
     if mesh is None:
-        restarts = run_all(keys, params0, x, weights)
+        restarts = run_all(keys, params0, x, weights, labels)
     elif shard == "rows":
         restarts = jax.shard_map(
             functools.partial(run_all, axis_name=AXIS), mesh=mesh,
-            in_specs=(P(), P(), P(None, AXIS), P(None, AXIS)), out_specs=P(),
-            check_vma=False)(keys, params0, x, weights)
+            in_specs=(P(), P(), P(None, AXIS), P(None, AXIS), P(None, AXIS)),
+            out_specs=(P(), P(None, AXIS), P()) if centred else P(),
+            check_vma=False)(keys, params0, x, weights, labels)
     else:
         restarts = jax.shard_map(
-            run_all, mesh=mesh, in_specs=(P(None, AXIS), P(None, AXIS), P(), P()),
-            out_specs=P(None, AXIS), check_vma=False)(keys, params0, x, weights)
+            run_all, mesh=mesh, in_specs=(P(None, AXIS), P(None, AXIS), P(), P(), P()),
+            out_specs=(P(None, AXIS), P(), P()) if centred else P(None, AXIS),
+            check_vma=False)(keys, params0, x, weights, labels)
+    if centred:
+        return restarts
         # Gather every restart to every device: readable from any process.
         restarts = jax.lax.with_sharding_constraint(restarts, NamedSharding(mesh, P()))
     if n_keep is not None:  # drop the restarts that only padded the device count
@@ -375,9 +580,12 @@ def _restarts(family, driver, x, weights, keys, params0, n_components, method, *
 
 def best_of(restarts: em.EMResult) -> FitResult:
     """Each data set's best restart of ``restarts`` (leading ``(B, n_init)`` axes):
-    the highest log-likelihood; a failed restart never wins."""
-    score = jnp.where(restarts.failed | ~jnp.isfinite(restarts.log_likelihood),
-                      -jnp.inf, restarts.log_likelihood)
+    the highest objective (the last entry of its trace: the log-likelihood, plus the
+    log-prior for MAP); a failed restart never wins."""
+    last = jnp.maximum(restarts.n_iter - 1, 0)[..., None]
+    final = jnp.take_along_axis(restarts.trace, last, axis=-1)[..., 0]
+    score = jnp.where(restarts.failed | ~jnp.isfinite(restarts.log_likelihood)
+                      | ~jnp.isfinite(final), -jnp.inf, final)
     best = jnp.argmax(score, axis=1)
     pick = jax.vmap(lambda tree, i: jax.tree.map(lambda a: a[i], tree))
     top = pick(restarts, best)
@@ -386,27 +594,32 @@ def best_of(restarts: em.EMResult) -> FitResult:
 
 
 def initial_params(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
-                   weights=None, init: str | PyTree = "kmeans") -> PyTree:
+                   weights=None, init: str | PyTree = "kmeans", labels=None) -> PyTree:
     """The starting points :func:`jaxem.fit` would use for ``key``: ``(n_init, ...)``,
-    or ``(n_datasets, n_init, ...)`` for a batch ``x``."""
+    or ``(n_datasets, n_init, ...)`` for a batch ``x`` (with ``labels``, as ``fit``)."""
     x3, w3, keys, method, params0 = _prepare(family, x, weights, key, n_init,
                                                    n_components, init)
+    if labels is not None:
+        labels = jnp.asarray(check_labels(labels, x3.shape[int(jnp.ndim(x) == 2):2],
+                                          n_components, family)).reshape(x3.shape[:2])
     if method is None:
         params = params0
     else:
-        params = _initial(family, x3, w3, keys, n_components=n_components, method=method)
+        params = _initial(family, x3, w3, keys, labels, n_components=n_components,
+                          method=method)
     return params if jnp.ndim(x) == 3 else jax.tree.map(lambda a: a[0], params)
 
 
 @functools.partial(jax.jit, static_argnames=("n_components", "method"))
-def _initial(family, x, weights, keys, *, n_components, method):
-    def no_run(params, x, w, key, axis_name):  # the engine's init and centring, no driver
-        del x, w, key, axis_name
+def _initial(family, x, weights, keys, labels=None, *, n_components, method):
+    def no_run(params, x, w, key, axis_name, labels=None):  # init and centring, no driver
+        del x, w, key, axis_name, labels
         zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(params)))
         return em.EMResult(params, zero, zero[None], jnp.array(0), jnp.array(True),
                         jnp.array(False))
 
-    out = _restarts(family, no_run, x, weights, keys, None, n_components, method)
+    out = _restarts(family, no_run, x, weights, keys, None, n_components, method,
+                    labels=labels)
     return out.restarts.params
 
 
@@ -455,12 +668,13 @@ def check_key(key) -> jax.Array:
 
 
 def check_family(family) -> None:
-    """A TypeError unless ``family`` is a model family (``log_joint`` or ``e_step``,
-    and ``m_step``); a ValueError for a negative or NaN ``reg_covar``."""
-    if not (hasattr(family, "m_step") and (hasattr(family, "log_joint")
-                                           or hasattr(family, "e_step"))):
+    """A TypeError unless ``family`` is a model family (a registered pytree following
+    :class:`~jaxem.families.base.MixtureFamily` or ``SequenceFamily``); a ValueError for a negative or NaN ``reg_covar``."""
+    if not isinstance(family, (MixtureFamily, SequenceFamily)):
         raise TypeError(f"family must be a jaxem model family such as "
-                        f"jaxem.gaussian('full') or jaxem.kmeans(), got {family!r}.")
+                        f"jaxem.gaussian('full') or jaxem.kmeans() (see the protocols in "
+                        f"jaxem.families.base), got {family!r}.")
+    check_registered(family)
     reg = getattr(family, "reg_covar", None)
     if reg is not None and not isinstance(reg, jax.core.Tracer) and not float(reg) >= 0:
         raise ValueError(f"reg_covar must be a non-negative number, got {reg!r}.")
@@ -560,16 +774,56 @@ def _check_data(x, weights, n_components, allow_nan=False):
     return x3, w3
 
 
+def check_labels(labels, shape, n_components: int, family=None, name: str = "labels"):
+    """Partial labels for rows of shape ``(n,)`` or ``(B, n)`` as int32 of that shape,
+    or ``None``.
+
+    A label is a component index ``0 .. n_components - 1`` or ``-1`` (unlabelled);
+    integer-valued floats are accepted. A ValueError names what is wrong: a family with
+    its own E-step, a shape other than the rows', a non-integer, an index out of range.
+    """
+    if labels is None:
+        return None
+    if family is not None and capability(family, "has_e_step"):
+        raise ValueError(f"{name} (partial labels) are for mixture families, not "
+                         f"{type(family).__name__}, which computes its own E-step.")
+    what = "a component index, or -1 for unlabelled"
+    try:
+        y = np.asarray(labels)
+    except ValueError as e:  # ragged nested lists
+        raise ValueError(f"{name} must be a rectangular array of ints ({what}): {e}") from None
+    shape = tuple(shape)
+    if y.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} (one per row of x, -1 for an "
+                         f"unlabelled row), got {y.shape}.")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if np.any(bad):
+            i = tuple(int(a) for a in np.argwhere(bad)[0])
+            raise ValueError(f"{name} must be integers ({what}), got {y[i].item()!r} at "
+                             f"index {i if len(i) > 1 else i[0]}.")
+    elif y.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integers ({what}), got dtype {y.dtype}.")
+    bad = (y < -1) | (y >= n_components)
+    if np.any(bad):
+        i = tuple(int(a) for a in np.argwhere(bad)[0])
+        raise ValueError(f"{name} must be -1 (unlabelled) or a component index 0 .. "
+                         f"{n_components - 1} (n_components={n_components}), got "
+                         f"{y[i]:g} at index {i if len(i) > 1 else i[0]}.")
+    return y.astype(np.int32)
+
+
 def _broadcast_init(family, params, x, n_init, n_components):
     """Give explicit starting parameters the leading ``(B, n_init)`` axes."""
-    init_fn = getattr(family, "init", None) or functools.partial(initialize, _complete(family))
+    init_fn = (family.init if capability(family, "has_init")
+               else functools.partial(initialize, _complete(family)))
     reference = jax.eval_shape(
         lambda: init_fn(jax.random.key(0), x[0], jnp.ones(x.shape[1], x.dtype),
                         n_components, "random"))
     batch = (x.shape[0], n_init)
 
-    def expand(a, ref):
-        a = jnp.asarray(a, x.dtype)
+    def expand(a, ref):  # the family's dtype for each leaf (ints stay ints)
+        a = jnp.asarray(a, ref.dtype)
         lead = a.ndim - len(ref.shape)
         if a.shape[lead:] != ref.shape or lead > 2:
             raise ValueError(f"Starting parameters have shape {a.shape}; expected "

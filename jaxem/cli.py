@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import optax
 
+from jaxem import progress
 from jaxem.batch import fit, initial_params
 from jaxem.compare import compare
 from jaxem.datasets import load_faithful
@@ -71,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     fit_p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     fit_p.add_argument("--out", default="model.npz", help="where to save the model (model.npz)")
     fit_p.add_argument("--labels", help="also write each row's component to this CSV")
+    fit_p.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bar on standard error (shown by default for "
+                            "Gaussian mixtures, where tqdm is installed)")
 
     pred = sub.add_parser("predict", help="label rows with a saved model",
                           description="Print each row's most likely component (or, with "
@@ -181,13 +185,23 @@ def _select(args, x) -> int:
 
 
 def fit_file(args) -> int:
-    from jaxem.estimators import GaussianMixture, KMeans
-    from jaxem.persist import save
     size = args.components if args.components is not None else args.select_k
     if size < 1 or args.restarts < 1 or args.max_iter < 1:
         raise ValueError("--components/--select-k, --restarts and --max-iter must be at "
                          "least 1.")
     x = read_rows(args.data)
+    show = getattr(args, "progress", False)
+    if show and not progress.available():
+        print("jaxem: no progress bar: pip install tqdm (or 'jaxem[progress]')",
+              file=sys.stderr)
+        show = False
+    with progress.shown(show):
+        return _fit_file(args, x)
+
+
+def _fit_file(args, x) -> int:
+    from jaxem.estimators import GaussianMixture, KMeans
+    from jaxem.persist import save
     if args.select_k:
         args.components = _select(args, x)
     if args.components > x.shape[0]:
@@ -340,8 +354,8 @@ def _draw(x, family, snapshots, path, comparison=None) -> bool:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.patches import Ellipse
 
+        from jaxem import plot
         from jaxem.plot_compare import plot_comparison
     except ImportError:
         print("matplotlib is not installed: no figure (pip install 'jaxem[plot]')",
@@ -352,15 +366,8 @@ def _draw(x, family, snapshots, path, comparison=None) -> bool:
     for ax, it, params in zip(axes, SNAPSHOTS, snapshots):
         resp = np.asarray(jax.nn.softmax(family.log_joint(params, x), axis=1))
         ax.scatter(x[:, 0], x[:, 1], c=resp[:, 0], cmap="coolwarm", s=8)
-        covs = np.asarray(family.covariances(params))
-        for k, mean in enumerate(np.asarray(params.means)):
-            cov = _as_matrix(covs, k, x.shape[1], family.covariance_type)
-            vals, vecs = np.linalg.eigh(cov)
-            angle = np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))
-            for n_sd in (1, 2):
-                w, h = 2 * n_sd * np.sqrt(vals[::-1])
-                ax.add_patch(Ellipse(mean, w, h, angle=angle, fill=False, lw=1.2, color="k"))
-            ax.plot(*mean, "k+", ms=10)
+        plot.ellipses(ax, params, covariance_type=family.covariance_type, n_std=(1, 2),
+                      color="k")
         ax.set_title(f"after iteration {it}")
         ax.set_xlabel("eruption (min)")
     axes[0].set_ylabel("waiting (min)")

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxem import rows
-from jaxem.families.base import all_finite, tree_where
+from jaxem.families.base import all_finite, capability, log_prior, tree_where
 
 Array = jax.Array
 PyTree = Any
@@ -33,7 +33,9 @@ class EMResult(NamedTuple):
 
     params: PyTree
     log_likelihood: Array  # () mean per-sample log-likelihood of the last E-step
-    trace: Array  # (max_iter,) the mean log-likelihood per iteration, NaN after the stop
+    # (max_iter,) the objective per iteration, NaN after the stop: the mean
+    # log-likelihood, plus log_prior / sum of weights for a family with a prior (MAP)
+    trace: Array
     n_iter: Array  # () int, iterations run
     converged: Array  # () bool
     failed: Array  # () bool: the M-step gave non-finite parameters; the last good kept
@@ -79,7 +81,7 @@ def e_step(family, params: PyTree, x: Array, weights: Array | None = None,
     """
     if weights is None:
         weights = jnp.ones(x.shape[0], dtype=x.dtype)
-    if hasattr(family, "e_step"):
+    if capability(family, "has_e_step"):
         if labels is not None:
             raise ValueError(f"partial labels are for mixtures, not {type(family).__name__}.")
         return rows.psum(family.e_step(params, x, weights), axis_name)
@@ -133,20 +135,30 @@ def running(state: EMResult) -> Array:
     return (state.n_iter < state.trace.shape[-1]) & ~state.converged & ~state.failed
 
 
+def objective(family, params: PyTree, ll_sum: Array, w_sum: Array) -> Array:
+    """What EM increases, per unit of weight: ``(sum_n w_n log p(x_n) + log_prior) /
+    sum_n w_n`` (the mean log-likelihood for a family without a prior)."""
+    return (ll_sum + log_prior(family, params)) / w_sum
+
+
 def advance(state: EMResult, new_params: PyTree, log_likelihood: Array,
-            tol: float | Array) -> EMResult:
-    """One iteration's bookkeeping: ``log_likelihood`` was taken at ``state.params`` and
-    ``new_params`` is the M-step after it. Non-finite parameters set ``failed`` and keep
-    the last good ones; a change of at most ``tol`` sets ``converged``. A finished
+            tol: float | Array, objective: Array | None = None) -> EMResult:
+    """One iteration's bookkeeping: ``log_likelihood`` (and ``objective``, default the
+    same) was taken at ``state.params`` and ``new_params`` is the M-step after it.
+    ``trace`` records the objective. Non-finite parameters set ``failed`` and keep the
+    last good ones; an objective change of at most ``tol`` sets ``converged``. A finished
     instance (``not running(state)``) is returned unchanged, so a host loop over blocks
     of data (:mod:`jaxem.stream`) freezes it exactly as the ``while_loop`` does."""
-    ok = all_finite(new_params) & jnp.isfinite(log_likelihood)
+    objective = log_likelihood if objective is None else objective
+    ok = all_finite(new_params) & jnp.isfinite(objective)
+    previous = jnp.where(state.n_iter > 0, state.trace[jnp.maximum(state.n_iter - 1, 0)],
+                         -jnp.inf)
     new = EMResult(
         params=tree_where(ok, new_params, state.params),
         log_likelihood=log_likelihood,
-        trace=state.trace.at[state.n_iter].set(log_likelihood),
+        trace=state.trace.at[state.n_iter].set(objective),
         n_iter=state.n_iter + 1,
-        converged=ok & (jnp.abs(log_likelihood - state.log_likelihood) <= tol),
+        converged=ok & (jnp.abs(objective - previous) <= tol),
         failed=~ok,
     )
     return tree_where(running(state), new, state)
@@ -164,16 +176,50 @@ def run(family, params: PyTree, x: Array, weights: Array | None = None, *,
       x: ``(n_samples, n_features)`` data (this device's rows inside ``shard_map``).
       weights: ``(n_samples,)`` sample weights, 0 for padding rows.
       max_iter: the most iterations (static: it is the length of ``trace``).
-      tol: stop when the mean log-likelihood changes by at most this (traced).
+      tol: stop when the objective (the mean log-likelihood, plus the family's
+        ``log_prior`` over the sum of weights: MAP) changes by at most this (traced).
       chunk_size: rows per chunk of the E-step (static), ``None`` for all at once.
       axis_name: the mesh axis the rows are split over (inside ``shard_map``), or None.
       labels: ``(n_samples,)`` component labels, -1 for unlabelled rows (see
         :func:`e_step`); the recorded log-likelihood is then the semi-supervised one.
+
+    It is :func:`resume` from :func:`start` for up to ``max_iter`` iterations, so a run
+    in blocks of iterations (``jaxem.fit(..., progress=True)``) gives identical results.
     """
+    return resume(family, start(params, max_iter), x, weights, n_steps=max_iter, tol=tol,
+                  chunk_size=chunk_size, axis_name=axis_name, labels=labels)
+
+
+def resume(family, state: EMResult, x: Array, weights: Array | None = None, *,
+           n_steps: int | Array, tol: float | Array = 1e-3, chunk_size: int | None = None,
+           axis_name: str | None = None, labels: Array | None = None) -> EMResult:
+    """Continue the driver from ``state`` for at most ``n_steps`` more iterations (it
+    stops earlier when the instance converges, fails or reaches the trace's length).
+
+    ``n_steps`` may be traced, so one compilation serves every block size. Under
+    ``vmap`` an instance that stops is frozen (returned unchanged), so running
+    ``n_steps = a`` then ``b`` equals running ``a + b`` at once, bit for bit: the
+    state between blocks is the ``while_loop``'s carry. Arguments as :func:`run`.
+
+    >>> import jax, jax.numpy as jnp, jaxem
+    >>> fam, x = jaxem.gaussian("diag"), jnp.asarray(jaxem.datasets.load_faithful())
+    >>> p0 = jaxem.initialize(fam, jax.random.key(0), x, jnp.ones(len(x)), 2)
+    >>> state = jaxem.em.start(p0, max_iter=10)
+    >>> for _ in range(5):
+    ...     state = jaxem.em.resume(fam, state, x, n_steps=2, tol=-1.0)
+    >>> once = jaxem.em.run(fam, p0, x, max_iter=10, tol=-1.0)
+    >>> int(state.n_iter), bool(jnp.array_equal(state.trace, once.trace))
+    (10, True)
+    """
+    if weights is None:
+        weights = jnp.ones(x.shape[0], dtype=x.dtype)
 
     def body(state: EMResult):
-        new_params, ll = em_step(family, state.params, x, weights, chunk_size, axis_name,
-                                 labels)
-        return advance(state, new_params, ll, tol)
+        stats, ll_sum, w_sum = e_step(family, state.params, x, weights, chunk_size,
+                                      axis_name, labels)
+        new_params = m_step(family, stats, state.params)
+        return advance(state, new_params, ll_sum / w_sum, tol,
+                       objective(family, state.params, ll_sum, w_sum))
 
-    return jax.lax.while_loop(running, body, start(params, max_iter))
+    stop = state.n_iter + n_steps
+    return jax.lax.while_loop(lambda s: running(s) & (s.n_iter < stop), body, state)

@@ -29,7 +29,7 @@ import optax
 
 from jaxem import batch
 from jaxem.em import EMResult
-from jaxem.families.base import all_finite, tree_where
+from jaxem.families.base import all_finite, log_prior, tree_where
 
 Array = jax.Array
 PyTree = Any
@@ -118,8 +118,9 @@ def run(family, params: PyTree, x: Array, weights: Array | None = None,
         max_linesearch_steps: int = MAX_LINESEARCH_STEPS) -> EMResult:
     """Gradient ascent from ``params`` on one data set (pure; jit and vmap it freely).
 
-    One iteration evaluates the full-data mean log-likelihood at the current parameters
-    (recorded in ``trace``) and takes one optimiser step, so, as in :func:`jaxem.em.run`,
+    One iteration evaluates EM's objective on the full data at the current parameters
+    (recorded in ``trace``: the mean log-likelihood, plus ``log_prior`` over the sum of
+    weights for a family with a prior) and takes one optimiser step, so, as in :func:`jaxem.em.run`,
     the returned ``params`` are one step past ``log_likelihood``.
 
     Args:
@@ -149,8 +150,12 @@ def run(family, params: PyTree, x: Array, weights: Array | None = None,
     optimizer = optax.with_extra_args_support(optimizer)
     dtype = jnp.result_type(*jax.tree.leaves(params))
 
-    def loss(u, xb, wb):
-        return -mean_log_likelihood(family, family.from_unconstrained(u), xb, wb)
+    w_total = jnp.sum(weights)
+
+    def loss(u, xb, wb):  # minus EM's objective: MAP for a family with a prior
+        params = family.from_unconstrained(u)
+        return -(mean_log_likelihood(family, params, xb, wb)
+                 + log_prior(family, params) / w_total)
 
     u0 = family.to_unconstrained(params)
     init = (u0, optimizer.init(u0), params, jnp.zeros((), jnp.uint32) if key is None else key,
@@ -168,13 +173,14 @@ def run(family, params: PyTree, x: Array, weights: Array | None = None,
         if batch_size is None:
             xb, wb = x, weights
             value, grad = jax.value_and_grad(loss)(u, xb, wb)
-            ll = -value
+            objective = -value
         else:
             key, sub = jax.random.split(key)
             idx = jax.random.choice(sub, n, (batch_size,), p=weights / jnp.sum(weights))
             xb, wb = x[idx], jnp.ones(batch_size, x.dtype)
             value, grad = jax.value_and_grad(loss)(u, xb, wb)
-            ll = -loss(u, x, weights)
+            objective = -loss(u, x, weights)
+        ll = objective - log_prior(family, family.from_unconstrained(u)) / w_total
         with bounded_linesearch(max_linesearch_steps):
             updates, new_opt_state = optimizer.update(
                 grad, opt_state, u, value=value, grad=grad,
@@ -182,6 +188,8 @@ def run(family, params: PyTree, x: Array, weights: Array | None = None,
         new_u = optax.apply_updates(u, updates)
         new_params = family.from_unconstrained(new_u)
         ll_ok = jnp.isfinite(ll) & jnp.isfinite(value) & all_finite(grad)
+        previous = jnp.where(res.n_iter > 0, res.trace[jnp.maximum(res.n_iter - 1, 0)],
+                             -jnp.inf)
         ok = ll_ok & all_finite(new_u) & all_finite(new_params)
         # current params: finite log-likelihood; new params: only finite so far.
         current = res.params
@@ -189,9 +197,9 @@ def run(family, params: PyTree, x: Array, weights: Array | None = None,
         return (new_u, new_opt_state, current, key, EMResult(
             params=kept,
             log_likelihood=jnp.where(ll_ok, ll, res.log_likelihood),
-            trace=res.trace.at[res.n_iter].set(ll),
+            trace=res.trace.at[res.n_iter].set(objective),
             n_iter=res.n_iter + 1,
-            converged=ok & (tol > 0) & (jnp.abs(ll - res.log_likelihood) <= tol),
+            converged=ok & (tol > 0) & (jnp.abs(objective - previous) <= tol),
             failed=~ok,
         ))
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxem import em, rows
+from jaxem.families.base import tree_where
 from jaxem.families.kmeans import KMeans, KMeansParams
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -236,3 +237,62 @@ def initialize(family, key: jax.Array, x: jax.Array, weights: jax.Array,
     # Two passes, so that second moments are taken about the first pass's means.
     first = family.m_step(stats_of(None), None)
     return family.m_step(stats_of(first), first)
+
+
+def _match(overlap: jax.Array) -> jax.Array:
+    """Greedy one-to-one matching of labels to components: ``perm (K,)``, ``perm[j]`` the
+    component given to label ``j``, taking the largest remaining entry of ``overlap
+    (K labels, K components)`` first (ties: the lowest indices, so labels absent from
+    the data keep the components' order)."""
+    k = overlap.shape[0]
+
+    def step(_, carry):
+        left, perm = carry
+        j, c = jnp.divmod(jnp.argmax(left), k)
+        left = left.at[j].set(-jnp.inf).at[:, c].set(-jnp.inf)
+        return left, perm.at[j].set(c.astype(perm.dtype))
+
+    return jax.lax.fori_loop(0, k, step, (overlap, jnp.zeros(k, jnp.int32)))[1]
+
+
+def seed_with_labels(family, params, x: jax.Array, weights: jax.Array, labels: jax.Array,
+                     chunk_size: int | None = None, axis_name: str | None = None):
+    """Starting parameters that agree with partial ``labels (n,)`` (-1: unlabelled).
+
+    An init method numbers its components arbitrarily, while label ``j`` names component
+    ``j``. So: the components of ``params`` (the method's start) are renumbered to agree
+    with the labels (greedy matching on the labelled rows' responsibility mass), the
+    starting responsibilities are the method's for the unlabelled rows and one-hot on
+    the label for the labelled rows, and the starting parameters are the family's M-step
+    on them (twice, as :func:`initialize`). A labelled class thus seeds its component
+    (its rows' means, and so on) together with the unlabelled rows the method put there;
+    with every row labelled the start is the closed-form per-class estimate, with none
+    it is ``params``.
+    """
+    def resp_of(xc, perm=None):  # the method's responsibilities, columns renumbered
+        resp = family.posterior(family.log_joint(params, xc))[0]
+        return resp if perm is None else resp[:, perm]
+
+    def onehot(lc, k, dtype):
+        return jax.nn.one_hot(lc, k, dtype=dtype)  # all 0 for -1
+
+    def overlap(xl, wc, _):  # (K labels, K components) responsibility mass
+        resp = resp_of(xl[0])
+        labelled = onehot(xl[1], resp.shape[-1], resp.dtype) * wc[:, None]
+        return jnp.matmul(labelled.T, resp, precision=jax.lax.Precision.HIGHEST)
+
+    mass = rows.sum_rows(overlap, (x, labels), weights, chunk_size, axis_name)
+    perm = _match(mass)
+
+    def stats_of(current):
+        def one(xl, wc, _):
+            xc, lc = xl
+            resp = resp_of(xc, perm)
+            resp = jnp.where(lc[:, None] >= 0, onehot(lc, resp.shape[-1], resp.dtype), resp)
+            return family.stats(xc, resp * wc[:, None], current)
+        return rows.sum_rows(one, (x, labels), weights, chunk_size, axis_name)
+
+    first = family.m_step(stats_of(params), params)
+    seeded = family.m_step(stats_of(first), first)
+    # No labelled row (of positive weight): the method's start, as without labels.
+    return tree_where(jnp.sum(mass) > 0, seeded, params)

@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxem import em
 from jaxem.batch import fit, initial_params
-from jaxem.families.base import family as register_family
+from jaxem.families.base import Family, family as register_family
 from jaxem.init import initialize
 
 PyTree = Any
@@ -29,51 +29,115 @@ class MaskedParams(NamedTuple):
     active: jax.Array  # (k_max,) 1.0 for a component in use, 0.0 for a masked one
 
 
-@register_family
-class Masked:
-    """A mixture family with some components switched off (see the module docstring)."""
+# -- masking, shared with jaxem.trim ---------------------------------------------------
+def shared_fields(base) -> tuple[str, ...]:
+    """Parameter fields of ``base`` shared by all components (no component axis).
 
-    base: Any
+    A tied Gaussian's precision factor is one ``(D, D)`` matrix: a shape test cannot
+    tell it from a per-component ``(K, D)`` array when ``D == K``, so it is named here.
+    """
+    return ("precisions_cholesky",) if getattr(base, "covariance_type", None) == "tied" else ()
+
+
+def per_component(base, params: PyTree, k: int) -> PyTree:
+    """A pytree of bools like ``params``: which leaves have the ``k`` components on
+    their leading axis (the others, e.g. a tied covariance, are shared)."""
+    shared = shared_fields(base)
+
+    def test(a):
+        return a.ndim > 0 and a.shape[0] == k
+
+    if hasattr(params, "_fields"):  # a NamedTuple: fields can be named
+        return type(params)(*(False if name in shared else jax.tree.map(test, leaf)
+                              for name, leaf in zip(params._fields, params)))
+    return jax.tree.map(test, params)
+
+
+def masked_log_joint(base, params: PyTree, active: jax.Array, x: jax.Array) -> jax.Array:
+    """``base.log_joint`` with the inactive components at ``-inf``: no part in the
+    log-sum-exp, zero responsibility, so no part in the statistics either."""
+    return jnp.where(active > 0, base.log_joint(params, x), -jnp.inf)
+
+
+def masked_m_step(base, stats: PyTree, params: PyTree, active: jax.Array) -> PyTree:
+    """``base.m_step`` for the active components: an inactive one keeps its parameters
+    (its statistics are empty), and the mixing weights, if any, are renormalised over
+    the active ones (0 for the others)."""
+    new = base.m_step(stats, params)
+    on = active > 0
+    k = on.shape[0]
+
+    def keep(is_component, a_new, a_old):
+        if not is_component:
+            return a_new  # shared across components (e.g. a tied covariance)
+        return jnp.where(on.reshape((k,) + (1,) * (a_new.ndim - 1)), a_new, a_old)
+
+    new = jax.tree.map(keep, per_component(base, new, k), new, params)
+    if hasattr(new, "weights"):  # renormalise over the active components only
+        w = jnp.where(on, new.weights, 0.0)
+        new = new._replace(weights=jnp.where(jnp.all(on), new.weights, w / jnp.sum(w)))
+    return new
+
+
+def base_init(base, key, x, weights, n_components, method, chunk_size=None, axis_name=None):
+    """Starting parameters of the wrapped family ``base`` (its own ``init``, else
+    :func:`jaxem.initialize`)."""
+    if hasattr(base, "init"):
+        return base.init(key, x, weights, n_components, method)
+    return initialize(base, key, x, weights, n_components, method, chunk_size=chunk_size,
+                      axis_name=axis_name)
+
+
+class MaskedWrapper(Family):
+    """What a family wrapping ``self.base`` with an ``active`` mask shares (:class:`Masked`
+    and :class:`jaxem.trim.Trimmed`): its params have fields ``params`` (the base's) and
+    ``active`` ``(K,)``. The base's capabilities are passed through; ``translate`` and
+    ``locations`` exist only where the base has them."""
+
+    has_init = True  # a declared capability (see Family): init() below
 
     @property
     def gemm_rows(self) -> bool:
         return getattr(self.base, "gemm_rows", False)
 
-    def log_joint(self, mp: MaskedParams, x: jax.Array) -> jax.Array:
-        lj = self.base.log_joint(mp.params, x)
-        return jnp.where(mp.active > 0, lj, -jnp.inf)
+    @property
+    def centres_data(self) -> bool:
+        return bool(getattr(self.base, "centres_data", False) or hasattr(self.base, "translate"))
+
+    @property
+    def translate(self):
+        if not hasattr(self.base, "translate"):
+            raise AttributeError(f"{type(self.base).__name__} has no translate")
+        return lambda p, shift: p._replace(params=self.base.translate(p.params, shift))
+
+    @property
+    def locations(self):
+        if not hasattr(self.base, "locations"):
+            raise AttributeError(f"{type(self.base).__name__} has no locations")
+        return lambda p: self.base.locations(p.params)
+
+    def log_joint(self, p, x: jax.Array) -> jax.Array:
+        return masked_log_joint(self.base, p.params, p.active, x)
 
     def posterior(self, log_joint):
         return self.base.posterior(log_joint)
 
-    def stats(self, x, resp, mp: MaskedParams | None = None):
-        return self.base.stats(x, resp, None if mp is None else mp.params)
+    def stats(self, x, resp, p=None):
+        return self.base.stats(x, resp, None if p is None else p.params)
+
+
+@register_family
+class Masked(MaskedWrapper):
+    """A mixture family with some components switched off (see the module docstring)."""
+
+    base: Any
 
     def m_step(self, stats, mp: MaskedParams) -> MaskedParams:
-        new = self.base.m_step(stats, mp.params)
-        on = mp.active > 0
-        k = on.shape[0]
+        return MaskedParams(masked_m_step(self.base, stats, mp.params, mp.active), mp.active)
 
-        def keep(a_new, a_old):  # a masked component keeps its parameters
-            if a_new.ndim == 0 or a_new.shape[0] != k:
-                return a_new  # shared across components (e.g. a tied covariance)
-            return jnp.where(on.reshape((k,) + (1,) * (a_new.ndim - 1)), a_new, a_old)
-
-        new = jax.tree.map(keep, new, mp.params)
-        if hasattr(new, "weights"):  # renormalise over the active components only
-            w = jnp.where(on, new.weights, 0.0)
-            new = new._replace(weights=w / jnp.sum(w))
-        return MaskedParams(new, mp.active)
-
-    def translate(self, mp: MaskedParams, shift) -> MaskedParams:
-        return mp._replace(params=self.base.translate(mp.params, shift))
-
-    def locations(self, mp: MaskedParams):
-        return self.base.locations(mp.params)
-
-    def init(self, key, x, w, n_components, method):
-        return MaskedParams(initialize(self.base, key, x, w, n_components, method),
-                            jnp.ones(n_components, x.dtype))
+    def init(self, key, x, w, n_components, method, chunk_size=None, axis_name=None):
+        return MaskedParams(base_init(self.base, key, x, w, n_components, method, chunk_size,
+                                      axis_name), jnp.ones(n_components, x.dtype))
 
 
 def mask(params: PyTree, n_active: int) -> MaskedParams:

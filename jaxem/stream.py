@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxem import batch, em, rows
-from jaxem.families.base import all_finite, tree_where
+from jaxem.families.base import all_finite, capability, tree_where
 
 PyTree = Any
 
@@ -254,7 +254,7 @@ def _chunk(family, chunk_size, rows_, n_init, n_components, d):
 def _best(family, restarts: em.EMResult, shift, what: str, sample=None) -> batch.FitResult:
     """Translate back, pick the best restart (failed ones never win), raise if all failed
     (with advice from the in-memory ``sample = (x, w)`` of the data)."""
-    if hasattr(family, "translate"):
+    if capability(family, "centres_data"):
         restarts = restarts._replace(
             params=jax.vmap(family.translate, (0, None))(restarts.params, shift))
     result = batch.best_of(jax.tree.map(lambda a: a[None], restarts))  # one data set
@@ -288,7 +288,9 @@ def _iterate(family, state, totals, tol):
     """The M-step after a pass and the driver's bookkeeping (frozen when finished)."""
     stats, ll_sum, w_sum = totals
     new = jax.vmap(functools.partial(em.m_step, family))(stats, state.params)
-    return jax.vmap(em.advance, (0, 0, 0, None))(state, new, ll_sum / w_sum, tol)
+    objective = jax.vmap(functools.partial(em.objective, family))(state.params, ll_sum, w_sum)
+    return jax.vmap(em.advance, (0, 0, 0, None, 0))(state, new, ll_sum / w_sum, tol,
+                                                    objective)
 
 
 def fit_stream(family, source, *, n_components: int, key: jax.Array, n_init: int = 1,
@@ -331,7 +333,7 @@ def fit_stream(family, source, *, n_components: int, key: jax.Array, n_init: int
     """
     _check_args(family, key, n_components=n_components, n_init=n_init, max_iter=max_iter,
                 init_size=init_size, block_size=block_size, chunk_size=chunk_size, tol=tol)
-    if hasattr(family, "e_step"):
+    if capability(family, "has_e_step"):
         raise ValueError("fit_stream streams rows: it needs a mixture family with a "
                          "row-wise E-step, not a sequence model.")
     open_pass, one_shot = _open(source, block_size, hint="use an array, a file path "
@@ -347,8 +349,8 @@ def fit_stream(family, source, *, n_components: int, key: jax.Array, n_init: int
     dtype = _dtype(sample_x)
     params0 = _start(family, sample_x, sample_w, n_components=n_components, key=key,
                      n_init=n_init, init=init, dtype=dtype)
-    shift = jnp.asarray(mean if hasattr(family, "translate") else 0 * mean, dtype)
-    if hasattr(family, "translate"):
+    shift = jnp.asarray(mean if capability(family, "centres_data") else 0 * mean, dtype)
+    if capability(family, "centres_data"):
         params0 = jax.vmap(family.translate, (0, None))(params0, -shift)
     chunk = _chunk(family, chunk_size, block_size, n_init, n_components, sample_x.shape[1])
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
@@ -456,7 +458,7 @@ def fit_online(family, source, *, n_components: int, key: jax.Array, n_init: int
     _check_args(family, key, n_components=n_components, n_init=n_init,
                 batch_size=batch_size, n_epochs=n_epochs, init_size=init_size,
                 block_size=block_size, chunk_size=chunk_size)
-    if hasattr(family, "e_step"):
+    if capability(family, "has_e_step"):
         raise ValueError("fit_online needs a mixture family with a row-wise E-step.")
     open_pass, one_shot = _open(source, block_size, hint="use an array, a file path, "
                                 "a callable or an iterator of blocks.")
@@ -469,7 +471,7 @@ def fit_online(family, source, *, n_components: int, key: jax.Array, n_init: int
     dtype = _dtype(x0)
     params = _start(family, x0, w0, n_components=n_components, key=key, n_init=n_init,
                     init=init, dtype=dtype)
-    centre = hasattr(family, "translate")
+    centre = capability(family, "centres_data")
     mean = w0 @ np.where(w0[:, None] > 0, x0, 0.0) / w0.sum()
     shift = jnp.asarray(mean if centre else 0 * mean, dtype)
     if centre:

@@ -3,9 +3,16 @@
 All tests share one process, so x64 is only ever switched on inside a context manager
 (``with jax.enable_x64(True):``), never at import time.
 """
-import jax
-import numpy as np
-import pytest
+import os
+
+# jaxem turns on JAX's persistent compilation cache in ~/.cache/jaxem when imported; the
+# tests must not write there (nor read a developer's entries): off, before any import of
+# jaxem. Tests of the cache itself run subprocesses with their own JAXEM_CACHE_DIR.
+os.environ["JAXEM_NO_CACHE"] = "1"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def _mapped_regions() -> int:

@@ -13,6 +13,7 @@ from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 import jaxem
+from _sklearn_checks import run_checks, run_y_checks, y_checks_expected_to_fail
 from jaxem.families import (BernoulliParams, CategoricalParams, PoissonParams, bernoulli,
                             categorical, poisson)
 
@@ -97,6 +98,22 @@ def ref_em_step(kind, params, x, w, alpha):
     return type(params)(weights, p), float(np.sum(w * ll) / np.sum(w))
 
 
+def ref_log_prior(kind, params, alpha):
+    """The log density (up to a constant) of the prior whose MAP the M-step above is:
+    Dirichlet(alpha + 1) on the weights and categorical rows, Beta(alpha + 1, alpha + 1)
+    on Bernoulli probabilities, Gamma(alpha + 1, rate alpha / 2) on Poisson rates."""
+    weights, p = params
+    lp = alpha * np.sum(np.log(weights))
+    if kind == "categorical":
+        for j, v in enumerate(N_CAT):
+            lp += alpha * np.sum(np.log(p[:, j, :v]))
+    elif kind == "bernoulli":
+        lp += alpha * np.sum(np.log(p) + np.log1p(-p))
+    else:
+        lp += np.sum(alpha * np.log(p) - 0.5 * alpha * p)
+    return lp
+
+
 # -- EM against the reference ------------------------------------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("missing", [0.0, 0.25], ids=["complete", "missing"])
@@ -107,13 +124,17 @@ def test_em_equals_numpy_reference(x64, kind, missing):
     p0 = make_params(kind, 3)
     res = jaxem.fit(make_family(kind, alpha), x, n_components=3, key=jax.random.key(0),
                     init=p0, weights=w, tol=0.0, max_iter=k_iter)
-    params, trace = p0, []
-    for _ in range(k_iter):
+    params, trace, lls = p0, [], []
+    for _ in range(k_iter):  # the trace is the MAP objective at the E-step's parameters
+        objective = ref_log_prior(kind, params, alpha) / np.sum(w)
         params, ll = ref_em_step(kind, params, x, w, alpha)
-        trace.append(ll)
+        trace.append(ll + objective)
+        lls.append(ll)
     for got, want in zip(res.params, params):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(res.trace, trace, rtol=1e-10)
+    np.testing.assert_allclose(res.log_likelihood, lls[-1], rtol=1e-10)
+    assert np.all(np.diff(trace) >= -1e-12)  # EM increases the MAP objective
     assert res.params.weights.dtype == jnp.float64
 
 
@@ -388,3 +409,32 @@ def test_bad_arguments_and_unfitted():
         cm.score_samples(np.array([[-1, -1]]))
     with pytest.raises(ValueError, match="n_samples"):
         cm.sample(0)
+
+
+# -- scikit-learn's own checks ------------------------------------------------------------------
+# The checks that cannot apply as written fail for a stated cause, asserted by run_checks
+# (see tests/_sklearn_checks.py): y read as partial labels, and for counts and codes one
+# check that feeds random floats without consulting the input tags.
+_REAL_X = ("the check passes random floats in [0, 1) whatever the input tags; counts and "
+           "category codes are integers")
+_WEIGHTS_VS_REPEATS = ("random initialisation draws differ between weighted and repeated "
+                       "rows (the components come out permuted); from the same start they "
+                       "are equal: test_weights_equal_repeated_rows_and_chunks_equal_one_pass")
+
+
+@pytest.mark.parametrize("estimator", [
+    jaxem.BernoulliMixture(2, binarize=0.5, random_state=0),  # BernoulliNB's threshold
+    jaxem.CategoricalMixture(2, random_state=0),
+    jaxem.PoissonMixture(2, random_state=0),
+], ids=lambda est: type(est).__name__)
+def test_check_estimator(x64, estimator):  # float64: the invariance checks use rtol 1e-7
+    expected, causes = y_checks_expected_to_fail(), {}
+    equivalence = "check_sample_weight_equivalence_on_dense_data"
+    if isinstance(estimator, jaxem.BernoulliMixture):
+        without_y_fails = {equivalence: _WEIGHTS_VS_REPEATS}
+    else:  # tagged categorical: the other checks pass non-negative integers
+        expected[equivalence] = _REAL_X
+        causes[equivalence] = "X must hold"
+        without_y_fails = {equivalence: _REAL_X}
+    run_checks(estimator, expected, causes)
+    run_y_checks(estimator, without_y_fails)

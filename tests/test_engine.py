@@ -122,7 +122,7 @@ def test_chunked_e_step_equals_full(make_blobs, chunk, ct):
 
 
 def test_new_tol_reg_covar_or_data_do_not_recompile(make_blobs):
-    cache = jaxem.batch._fit._cache_size
+    cache = jaxem.batch._fit_block._cache_size  # the EM loop's program, one of _fit's three
     x = make_blobs(7, 30, 2, 2)[0].astype(np.float32)
     kw = dict(n_components=2, init="random_from_data", max_iter=10)
     jaxem.fit(jaxem.gaussian("spherical", 1e-6), x, key=jax.random.key(0), tol=1e-3, **kw)

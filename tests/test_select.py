@@ -28,6 +28,29 @@ def test_masked_fit_equals_unmasked_k_component_fit(ct, make_blobs, x64):
     np.testing.assert_allclose(got.means[:3], plain.params.means, rtol=1e-10, atol=1e-12)
 
 
+def test_masked_tied_fit_with_as_many_features_as_components(make_blobs, x64):
+    # A tied precision factor (D, D) with D == k_max is shared, not per component.
+    x, _ = make_blobs(5, 150, 3, 2)
+    fam = jaxem.gaussian("tied")
+    start = jaxem.initialize(fam, jax.random.key(1), jnp.asarray(x), jnp.ones(len(x)), 3,
+                             "k-means++")
+    masked = em.run(Masked(fam), mask(start, 2), jnp.asarray(x), max_iter=10, tol=-1.0)
+    first2 = start._replace(weights=start.weights[:2] / jnp.sum(start.weights[:2]),
+                            means=start.means[:2])
+    plain = em.run(fam, first2, jnp.asarray(x), max_iter=10, tol=-1.0)
+    np.testing.assert_allclose(masked.trace, plain.trace, rtol=1e-10)
+    np.testing.assert_allclose(masked.params.params.precisions_cholesky,
+                               plain.params.precisions_cholesky, rtol=1e-10)
+
+
+def test_families_without_translate(x64):
+    rng = np.random.default_rng(0)
+    x = (rng.uniform(size=(120, 5)) < np.where(np.arange(120)[:, None] < 60, 0.85, 0.15))
+    sel = select_n_components(jaxem.bernoulli(alpha=0.0), x.astype(float), k_max=3,
+                              key=jax.random.key(0), n_init=2, init="random_from_data")
+    assert sel.best == 2
+
+
 def test_selection_table_matches_scikit_learn_and_picks_the_true_k(make_blobs, x64):
     x, _ = make_blobs(2, 600, 2, 3, separation=6.0)
     sel = select_n_components(jaxem.gaussian("full"), x, k_max=5, key=jax.random.key(0),

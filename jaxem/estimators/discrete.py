@@ -19,6 +19,9 @@ Fitted attributes a scikit-learn user looks for:
 ``lower_bound_``      mean per-row log-likelihood at the last E-step; ``lower_bounds_``
                       its trace; ``n_iter_``, ``converged_``, ``restarts_`` (every restart)
 ====================  ==================================================================
+
+``fit(X, y)`` takes partial labels as :class:`jaxem.GaussianMixture` does (``-1``
+unlabelled, ``j`` clamps the row to component ``j``).
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from jaxem import rows
 from jaxem.batch import FitError, auto_chunk_size, fit
-from jaxem.estimators._base import float_dtype, key_from, sample_weights, to_numpy
+from jaxem.estimators._base import (MixtureMixin, check_n_samples, float_dtype, key_from,
+                                    partial_labels, sample_weights, to_numpy)
 from jaxem.families.bernoulli import BernoulliParams, bernoulli
 from jaxem.families.categorical import CategoricalParams, categorical
 from jaxem.families.poisson import PoissonParams, poisson
@@ -44,11 +48,13 @@ from jaxem.init import INIT_METHODS
 from jaxem.persist import Saveable
 
 
-class _DiscreteMixture(Saveable, DensityMixin, BaseEstimator):
-    """What the three estimators share: fit, inference, sampling, BIC/AIC.
+class _DiscreteMixture(Saveable, MixtureMixin, DensityMixin, BaseEstimator):
+    """What the three estimators share: fit, validation, inference, sampling (and, from
+    :class:`~jaxem.estimators._base.MixtureMixin`, predict, score, BIC/AIC).
 
     A subclass gives ``_check_values(X, fitting) -> X`` (float, NaN where missing),
-    ``_family()``, ``_params()`` and ``_store(params)``.
+    ``_family()``, ``_params()`` and ``_store(params)``, and its ``__init__`` stores its
+    arguments with :meth:`_set_params_from`.
     """
 
     _parameter_constraints: dict = {
@@ -62,47 +68,46 @@ class _DiscreteMixture(Saveable, DensityMixin, BaseEstimator):
         "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
     }
 
-    # -- fitting ----------------------------------------------------------------------
-    def fit(self, X, y=None, sample_weight=None):
-        """Fit by EM; ``X: (n_samples, n_features)`` (NaN marks a missing entry),
-        ``sample_weight: (n_samples,)``."""
-        self._fit(X, sample_weight)
-        return self
+    def _set_params_from(self, arguments: dict) -> None:
+        """``__init__``'s body: store every argument unchanged, under its own name
+        (scikit-learn's rule for estimator parameters)."""
+        for name, value in arguments.items():
+            if name != "self":
+                setattr(self, name, value)
 
-    def fit_predict(self, X, y=None, sample_weight=None):
-        """Fit and return the component labels of ``X``: ``(n_samples,)``."""
-        return self.predict(self._fit(X, sample_weight))
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN marks a missing entry, marginalised exactly
+        return tags
 
-    def _fit(self, X, sample_weight):
+    # -- fitting (fit, fit_predict: MixtureMixin) ----------------------------------------
+    def _fit(self, X, y, sample_weight):
+        """Fit on ``X`` (partial labels ``y``); return ``(X validated, labels or None)``."""
         self._validate_params()
         X = self._validate(X, reset=True)
         n = X.shape[0]
         if n < self.n_components:
             raise ValueError(f"Expected n_samples >= n_components but got "
                              f"n_components = {self.n_components}, n_samples = {n}.")
+        labels = partial_labels(y, n, self.n_components)
         w = sample_weights(sample_weight, n, X.dtype)
         family = self._family()
         try:
             result = fit(family, np.where(np.isnan(X), -1.0, X), n_components=self.n_components,
                          key=key_from(self.random_state), n_init=self.n_init, weights=w,
                          max_iter=self.max_iter, tol=self.tol, init=self.init_params,
-                         chunk_size=self.chunk_size)
+                         chunk_size=self.chunk_size, labels=labels)
         except FitError:
             raise FitError("Fitting the mixture failed on every restart: the parameters "
                            "became non-finite. Increase alpha (e.g. alpha=1.0) or use fewer "
                            "components.") from None
         result = to_numpy(result)
         self._store(result.params)
-        self.converged_ = bool(result.converged)
-        self.n_iter_ = int(result.n_iter)
-        self.lower_bounds_ = result.trace[: self.n_iter_].tolist()
-        self.lower_bound_ = float(result.log_likelihood)
-        self.restarts_ = result.restarts
-        self.best_restart_ = int(result.best)
+        self._store_run(result)
         if not self.converged_:
             warnings.warn("Best performing initialization did not converge. Try different "
                           "init parameters, or increase max_iter or tol.", ConvergenceWarning)
-        return X
+        return X, labels
 
     def _validate(self, X, reset: bool) -> np.ndarray:
         """``X`` as a float array with NaN at the missing entries, checked."""
@@ -127,45 +132,18 @@ class _DiscreteMixture(Saveable, DensityMixin, BaseEstimator):
         resp, ll = _posterior(family, params, x, chunk)
         return np.asarray(resp), np.asarray(ll)
 
-    def predict_proba(self, X):
-        """Responsibilities ``p(z = k | observed entries of x)``: ``(n_samples, n_components)``."""
-        return self._posterior(X)[0]
-
-    def predict(self, X):
-        """The most probable component of each row: ``(n_samples,)``."""
-        return self.predict_proba(X).argmax(axis=1)
-
-    def score_samples(self, X):
-        """Per-row log-likelihood of the observed entries ``log p(x_obs)``: ``(n_samples,)``."""
-        return self._posterior(X)[1]
-
-    def score(self, X, y=None):
-        """Mean per-row log-likelihood."""
-        return float(self.score_samples(X).mean())
-
     def sample(self, n_samples=1):
         """Draw ``(X (n_samples, n_features) of ints, y (n_samples,))``, grouped by component."""
         check_is_fitted(self)
-        if not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}. The sampling "
-                             "requires at least one sample (a positive integer).")
+        n_samples = check_n_samples(n_samples)
         params = jax.tree.map(jnp.asarray, self._params())
-        x, z = _sample(self._family(), params, key_from(self.random_state), int(n_samples))
+        x, z = _sample(self._family(), params, key_from(self.random_state), n_samples)
         x, z = np.asarray(x).astype(np.int64), np.asarray(z)
         order = np.argsort(z, kind="stable")
         return x[order], z[order]
 
     def _n_parameters(self) -> int:
         return self._family().n_free_parameters(self.n_components, self.n_features_in_)
-
-    def bic(self, X):
-        """Bayesian information criterion on ``X`` (lower is better)."""
-        n = np.shape(X)[0]
-        return -2 * self.score(X) * n + self._n_parameters() * np.log(n)
-
-    def aic(self, X):
-        """Akaike information criterion on ``X`` (lower is better)."""
-        return -2 * self.score(X) * np.shape(X)[0] + 2 * self._n_parameters()
 
 
 @functools.partial(jax.jit, static_argnames="chunk_size")
@@ -180,11 +158,29 @@ def _sample(family, params, key, n):
 
 
 def _bad(X, mask, what: str, estimator: str) -> None:
-    """Raise naming the first entry of ``X`` where ``mask`` holds."""
+    """Raise naming the first entry of ``X`` where ``mask`` holds (scikit-learn's
+    "Negative values in data" first, when that entry is negative)."""
     if np.any(mask):
         i, j = np.argwhere(mask)[0]
-        raise ValueError(f"X must hold {what} for {estimator} (NaN marks a missing entry); "
-                         f"got X[{i}, {j}] = {X[i, j]!r}.")
+        negative = "Negative values in data: " if X[i, j] < 0 else ""
+        raise ValueError(f"{negative}X must hold {what} for {estimator} (NaN marks a missing "
+                         f"entry); got X[{i}, {j}] = {X[i, j]!r}.")
+
+
+def _check_non_negative_integers(X, what: str, estimator: str) -> None:
+    """Raise unless every observed (non-NaN) entry of ``X`` is an integer >= 0 (a
+    negative entry is named first)."""
+    _bad(X, X < 0, what, estimator)
+    _bad(X, ~np.isnan(X) & (X != np.floor(X)), what, estimator)
+
+
+def _integer_input_tags(tags):
+    """Tags of an estimator whose observed entries are integers >= 0 (counts, codes):
+    ``positive_only``, and ``categorical``, which is also what makes scikit-learn's
+    estimator checks pass such data (non-negative integers) rather than real numbers."""
+    tags.input_tags.positive_only = True
+    tags.input_tags.categorical = True
+    return tags
 
 
 class BernoulliMixture(_DiscreteMixture):
@@ -195,6 +191,9 @@ class BernoulliMixture(_DiscreteMixture):
       alpha: pseudo-count added to every expected count (scikit-learn's naive-Bayes
         meaning): a Dirichlet prior on the weights and a Beta prior on each probability,
         so EM finds the MAP estimate; ``alpha=0`` is maximum likelihood.
+      binarize: threshold for mapping real ``X`` to 0/1 (``x > binarize`` is 1), as in
+        ``sklearn.naive_bayes.BernoulliNB``, in ``fit`` and in every later method;
+        ``None`` (the default): ``X`` must already hold 0/1.
       n_init, max_iter, tol, init_params, random_state, chunk_size: as
         :class:`jaxem.GaussianMixture` (the restarts run in one batched call).
 
@@ -211,20 +210,23 @@ class BernoulliMixture(_DiscreteMixture):
     ((2, 3), True)
     """
 
-    def __init__(self, n_components=1, *, alpha=1.0, tol=1e-3, max_iter=100, n_init=1,
-                 init_params="kmeans", random_state=None, chunk_size=None):
-        self.n_components = n_components
-        self.alpha = alpha
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
-        self.random_state = random_state
-        self.chunk_size = chunk_size
+    _parameter_constraints: dict = {**_DiscreteMixture._parameter_constraints,
+                                    "binarize": [Real, None]}
+
+    def __init__(self, n_components=1, *, alpha=1.0, binarize=None, tol=1e-3, max_iter=100,
+                 n_init=1, init_params="kmeans", random_state=None, chunk_size=None):
+        self._set_params_from(locals())
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = self.binarize is None  # then 0/1 only
+        return tags
 
     def _check_values(self, X, fitting):
-        _bad(X, ~np.isnan(X) & (X != 0) & (X != 1), "binary values (0 or 1)",
-             "BernoulliMixture")
+        if self.binarize is not None:  # NaN stays missing
+            X = np.where(np.isnan(X), np.nan, X > self.binarize).astype(X.dtype)
+        _bad(X, ~np.isnan(X) & (X != 0) & (X != 1), "binary values (0 or 1; or set "
+             "binarize, a threshold)", "BernoulliMixture")
         return X
 
     def _family(self):
@@ -261,20 +263,13 @@ class PoissonMixture(_DiscreteMixture):
 
     def __init__(self, n_components=1, *, alpha=0.0, beta=0.0, tol=1e-3, max_iter=100,
                  n_init=1, init_params="kmeans", random_state=None, chunk_size=None):
-        self.n_components = n_components
-        self.alpha = alpha
-        self.beta = beta
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
-        self.random_state = random_state
-        self.chunk_size = chunk_size
+        self._set_params_from(locals())
+
+    def __sklearn_tags__(self):
+        return _integer_input_tags(super().__sklearn_tags__())
 
     def _check_values(self, X, fitting):
-        obs = ~np.isnan(X)
-        _bad(X, obs & ((X < 0) | (X != np.floor(X))), "non-negative integer counts",
-             "PoissonMixture")
+        _check_non_negative_integers(X, "non-negative integer counts", "PoissonMixture")
         return X
 
     def _family(self):
@@ -323,22 +318,16 @@ class CategoricalMixture(_DiscreteMixture):
     def __init__(self, n_components=1, *, n_categories=None, alpha=1.0, tol=1e-3,
                  max_iter=100, n_init=1, init_params="random_from_data", random_state=None,
                  chunk_size=None):
-        self.n_components = n_components
-        self.n_categories = n_categories
-        self.alpha = alpha
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
-        self.random_state = random_state
-        self.chunk_size = chunk_size
+        self._set_params_from(locals())
+
+    def __sklearn_tags__(self):
+        return _integer_input_tags(super().__sklearn_tags__())
 
     def _check_values(self, X, fitting):
         X = np.where(X == -1, np.nan, X)
-        obs = ~np.isnan(X)
-        _bad(X, obs & ((X < 0) | (X != np.floor(X))),
-             "integer category codes (>= 0, or -1 for missing)", "CategoricalMixture")
-        codes = np.where(obs, X, -1)
+        _check_non_negative_integers(X, "integer category codes (>= 0, or -1 for missing)",
+                                     "CategoricalMixture")
+        codes = np.where(np.isnan(X), -1, X)
         if fitting:
             d = X.shape[1]
             if self.n_categories is None:

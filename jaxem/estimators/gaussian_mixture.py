@@ -15,8 +15,10 @@ from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from jaxem import progress
 from jaxem.batch import FitError, fit, has_nan, initial_params
-from jaxem.estimators._base import float_dtype, key_from, posterior, sample_weights, to_numpy
+from jaxem.estimators._base import (MixtureMixin, check_n_samples, float_dtype, key_from,
+                                    partial_labels, posterior, sample_weights, to_numpy)
 from jaxem.families import gaussian_missing
 from jaxem.families.gaussian import COVARIANCE_TYPES, GaussianParams, gaussian
 from jaxem.init import INIT_METHODS
@@ -31,7 +33,7 @@ _ILL_DEFINED = (
 )
 
 
-class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
+class GaussianMixture(Saveable, MixtureMixin, DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by EM, a drop-in for ``sklearn.mixture.GaussianMixture``.
 
     Parameters, attributes, warnings and errors are scikit-learn's (``max_iter=0``
@@ -42,7 +44,11 @@ class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
     ``devices`` (a list of JAX devices) splits the rows over them (see
     :func:`jaxem.fit`), and ``restarts_`` holds every restart's parameters,
     log-likelihood, trace and flags. ``verbose`` prints scikit-learn's messages once the
-    batched run has finished (time per iteration is the run's average).
+    batched run has finished (time per iteration is the run's average), and shows a
+    progress bar while it runs (where tqdm is installed: ``jaxem[progress]``). ``fit(X, y)``
+    takes partial labels (``-1`` unlabelled, ``j`` for component ``j``: semi-supervised
+    EM, see :meth:`fit`); NaN entries of ``X`` are missing values, fitted by exact EM
+    and filled in by :meth:`impute`.
 
     >>> from jaxem import GaussianMixture
     >>> from jaxem.datasets import load_faithful
@@ -93,18 +99,9 @@ class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
         self.chunk_size = chunk_size
         self.devices = devices
 
-    # -- fitting ------------------------------------------------------------------------
-    def fit(self, X, y=None, sample_weight=None):
-        """Fit by EM; ``X: (n_samples, n_features)``, ``sample_weight: (n_samples,)``."""
-        self._fit(X, sample_weight)
-        return self
-
-    def fit_predict(self, X, y=None, sample_weight=None):
-        """Fit and return the component labels of ``X``: ``(n_samples,)``."""
-        return self.predict(self._fit(X, sample_weight))
-
-    def _fit(self, X, sample_weight):
-        """Fit on ``X`` and return it validated."""
+    # -- fitting (fit, fit_predict: MixtureMixin) ----------------------------------------
+    def _fit(self, X, y, sample_weight):
+        """Fit on ``X`` (partial labels ``y``); return ``(X validated, labels or None)``."""
         self._validate_params()  # before any compilation
         # NaN entries are missing values, fitted by exact EM (scikit-learn rejects them).
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2,
@@ -115,6 +112,7 @@ class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
             raise ValueError(f"Expected n_samples >= n_components but got "
                              f"n_components = {self.n_components}, n_samples = {n}.")
         given = self._check_initial_parameters(d)
+        labels = partial_labels(y, n, self.n_components)
         w = sample_weights(sample_weight, n, X.dtype)
         family = self._family(missing=has_nan(X))
         key = key_from(self.random_state)
@@ -122,18 +120,19 @@ class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
         if warm:
             n_init, init = 1, self._params()
         else:
-            n_init, init = self.n_init, self._initial_params(family, key, X, w, given)
+            n_init, init = self.n_init, self._initial_params(family, key, X, w, given, labels)
         if self.max_iter == 0:  # as scikit-learn: the initialisation, no EM step
-            self._set_result(family, self._first(family, init, X, key, n_init, w), None)
-            return X
+            self._set_result(family, self._first(family, init, X, key, n_init, w, labels),
+                             None)
+            return X, labels
         start = time.perf_counter()
         previous = self.lower_bound_ if warm else -np.inf
-        result = self._run(family, X, key, n_init, w, init, self.max_iter)
+        result = self._run(family, X, key, n_init, w, init, self.max_iter, labels)
         if abs(result.trace[0] - previous) < self.tol:
             # scikit-learn compares a warm start's first lower bound with the last fit's
             # and stops after that one iteration (the engine starts from -inf): redo it.
             if self.max_iter > 1:
-                result = self._run(family, X, key, n_init, w, init, 1)
+                result = self._run(family, X, key, n_init, w, init, 1, labels)
             result = result._replace(converged=np.bool_(True), restarts=result.restarts
                                      ._replace(converged=np.ones(1, bool)))
         self._set_result(family, result.params, result)
@@ -145,14 +144,16 @@ class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
                 "parameters, or increase max_iter, tol, or check for degenerate data.",
                 ConvergenceWarning,
             )
-        return X
+        return X, labels
 
-    def _run(self, family, X, key, n_init, w, init, max_iter):
+    def _run(self, family, X, key, n_init, w, init, max_iter, labels=None):
         """The engine's fit, as NumPy; a failure raises with its diagnosed cause."""
         try:
             result = fit(family, X, n_components=self.n_components, key=key, n_init=n_init,
                          weights=w, max_iter=max_iter, tol=self.tol, init=init,
-                         chunk_size=self.chunk_size, devices=self.devices)
+                         chunk_size=self.chunk_size, devices=self.devices, labels=labels,
+                         # verbose: a live bar too, where tqdm is installed
+                         progress=bool(self.verbose) and progress.available() or None)
         except FitError:
             raise FitError(_failure_message(X)) from None
         return to_numpy(result)
@@ -169,18 +170,13 @@ class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
             for stale in ("restarts_", "best_restart_"):  # no run: none from an earlier fit
                 self.__dict__.pop(stale, None)
             return
-        self.converged_ = bool(result.converged)
-        self.n_iter_ = int(result.n_iter)
-        self.lower_bounds_ = result.trace[: self.n_iter_].tolist()
-        self.lower_bound_ = float(result.log_likelihood)
-        self.restarts_ = result.restarts
-        self.best_restart_ = int(result.best)
+        self._store_run(result)
 
-    def _first(self, family, init, X, key, n_init, w) -> GaussianParams:
+    def _first(self, family, init, X, key, n_init, w, labels=None) -> GaussianParams:
         """The first restart's starting parameters (what ``max_iter=0`` returns)."""
         if isinstance(init, str):
             init = initial_params(family, X, n_components=self.n_components, key=key,
-                                  n_init=n_init, weights=w, init=init)
+                                  n_init=n_init, weights=w, init=init, labels=labels)
         params = GaussianParams(*init)
         return params if params.means.ndim == 2 else jax.tree.map(lambda a: a[0], params)
 
@@ -230,18 +226,19 @@ class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
                                      "positive-definite (precisions_init).")
         return given
 
-    def _initial_params(self, family, key, X, w, given):
+    def _initial_params(self, family, key, X, w, given, labels=None):
         """The init method's name, or parameters when some ``*_init`` are given.
 
-        As scikit-learn: parameters not given come from ``init_params``; with all three
-        given no initialisation runs.
+        As scikit-learn: parameters not given come from ``init_params`` (made to agree
+        with ``labels``); with all three given no initialisation runs.
         """
         if all(v is None for v in given.values()):
             return self.init_params
         dtype, n_init = X.dtype, self.n_init
         if any(v is None for v in given.values()):
             params = initial_params(family, X, n_components=self.n_components, key=key,
-                                    n_init=n_init, weights=w, init=self.init_params)
+                                    n_init=n_init, weights=w, init=self.init_params,
+                                    labels=labels)
         else:
             params = GaussianParams(None, None, None)
         if given["weights"] is not None:
@@ -312,15 +309,35 @@ class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
         resp, ll = posterior(family, self._params(), X, self.chunk_size)
         return np.asarray(resp), np.asarray(ll)
 
-    def impute(self, X):
-        """``X`` with each missing (NaN) entry replaced by its conditional expectation
-        given the row's observed entries under the fitted mixture,
-        ``sum_k p(k | x_obs) E[x_miss | x_obs, k]``; observed entries are unchanged."""
+    def impute(self, X, n_imputations=None, random_state=None):
+        """Fill in the missing (NaN) entries of ``X (n_samples, n_features)`` under the
+        fitted mixture; observed entries are unchanged.
+
+        ``n_imputations=None``: ``X`` with each missing entry replaced by its
+        conditional expectation given the row's observed entries,
+        ``sum_k p(k | x_obs) E[x_miss | x_obs, k]``: ``(n_samples, n_features)``.
+
+        ``n_imputations=m``: multiple imputation, ``m`` draws from the posterior
+        predictive ``p(x_miss | x_obs)``: ``(m, n_samples, n_features)``. Each draw takes
+        a component from the row's posterior ``p(k | x_obs)``, then the missing entries
+        from the Gaussian conditional on the observed ones, ``N(E[x_miss | x_obs, k],
+        Cov[x_miss | x_obs, k])``. ``random_state`` (None, int or RandomState) seeds
+        the draws.
+        """
+        if n_imputations is not None and (not isinstance(n_imputations, Integral)
+                                          or isinstance(n_imputations, bool)
+                                          or n_imputations < 1):
+            raise ValueError(f"n_imputations must be None (the conditional expectation) "
+                             f"or a positive integer (that many draws), got "
+                             f"{n_imputations!r}.")
         resp, _ = self._posterior(X)
         X = np.asarray(X, dtype=self.means_.dtype)
-        out = gaussian_missing.impute(self._family(missing=True), self._params(),
-                                      jnp.asarray(X), jnp.asarray(resp))
-        return np.asarray(out)
+        family, params = self._family(missing=True), self._params()
+        x, resp = jnp.asarray(X), jnp.asarray(resp)
+        if n_imputations is None:
+            return np.asarray(gaussian_missing.impute(family, params, x, resp))
+        return np.asarray(_impute_draws(family, params, x, resp, key_from(random_state),
+                                        int(n_imputations)))
 
     def _check_fitted_shapes(self):
         """Attributes set by hand must agree with each other (no silent broadcasting)."""
@@ -337,31 +354,13 @@ class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
                                  f"means_ {np.shape(self.means_)} and covariance_type="
                                  f"{self.covariance_type!r} need {shape}.")
 
-    def predict_proba(self, X):
-        """Responsibilities ``(n_samples, n_components)``."""
-        return self._posterior(X)[0]
-
-    def predict(self, X):
-        """The most probable component of each row: ``(n_samples,)``."""
-        return self.predict_proba(X).argmax(axis=1)
-
-    def score_samples(self, X):
-        """Per-sample log-likelihood ``log p(x)``: ``(n_samples,)``."""
-        return self._posterior(X)[1]
-
-    def score(self, X, y=None):
-        """Mean per-sample log-likelihood."""
-        return float(self.score_samples(X).mean())
-
     def sample(self, n_samples=1):
         """Draw ``(X (n_samples, n_features), y (n_samples,))``, grouped by component.
 
         Rows are drawn in blocks of a fixed size, so a new ``n_samples`` does not compile.
         """
         check_is_fitted(self)
-        if not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}. The sampling "
-                             "requires at least one sample (a positive integer).")
+        n_samples = check_n_samples(n_samples)
         self._check_fitted_shapes()
         params = GaussianParams(*(jnp.asarray(a) for a in self._params()))
         d = params.means.shape[1]
@@ -378,15 +377,6 @@ class GaussianMixture(Saveable, DensityMixin, BaseEstimator):
     def _n_parameters(self):
         return self._family().n_free_parameters(*self.means_.shape)
 
-    def bic(self, X):
-        """Bayesian information criterion on ``X`` (lower is better)."""
-        n = np.shape(X)[0]
-        return -2 * self.score(X) * n + self._n_parameters() * np.log(n)
-
-    def aic(self, X):
-        """Akaike information criterion on ``X`` (lower is better)."""
-        return -2 * self.score(X) * np.shape(X)[0] + 2 * self._n_parameters()
-
 
 _PRECISION_SHAPES = {"full": lambda k, d: (k, d, d), "tied": lambda k, d: (d, d),
                      "diag": lambda k, d: (k, d), "spherical": lambda k, d: (k,)}
@@ -395,6 +385,9 @@ _PRECISION_SHAPES = {"full": lambda k, d: (k, d, d), "tied": lambda k, d: (d, d)
 @functools.partial(jax.jit, static_argnames="block")
 def _sample_block(family, params, key, block):
     return family.sample(key, params, block)
+
+
+_impute_draws = jax.jit(gaussian_missing.impute_draws, static_argnames="n_imputations")
 
 
 def _precisions_cholesky(precisions, covariance_type):

@@ -275,7 +275,7 @@ class _BaseHMM(Saveable, BaseEstimator):
                 lengths != np.round(lengths)):
             raise ValueError(f"lengths must be a 1-d sequence of integers, got {lengths!r}.")
         x, w = pad_sequences(X, lengths.astype(int))  # checks sum and positivity
-        if self._emission == "gaussian":  # symbols and counts are not moved
+        if self._emission in ("gaussian", "gmm"):  # symbols and counts are not moved
             x = x - getattr(self, "_shift", 0.0)
         return x.astype(dtype), w.astype(dtype), lengths.astype(int)
 
@@ -451,7 +451,7 @@ class _BaseHMM(Saveable, BaseEstimator):
         key = key_from(self.random_state if random_state is None else random_state)
         x, z = _sample(self._family(1, dtype), params, n_pad, key)
         x = np.asarray(x)[:n_samples]
-        if self._emission == "gaussian":
+        if self._emission in ("gaussian", "gmm"):
             x = x + getattr(self, "_shift", 0.0)
         return self._sample_out(x), np.asarray(z[:n_samples], dtype=int)
 

@@ -77,3 +77,45 @@ def clip_unit(p: Array) -> Array:
     tiny = jnp.finfo(p.dtype).tiny
     eps = jnp.finfo(p.dtype).eps
     return jnp.clip(p, tiny, 1.0 - eps / 2)
+
+
+# -- what the mixtures of independent features (Bernoulli, Poisson, categorical) share --
+def feature_stats(x: Array, resp: Array) -> tuple[Array, Array, Array]:
+    """Expected counts of ``x (n, D)`` under weighted ``resp (n, K)``: ``(sum_n r_nk (K,),
+    sum_n r_nk x_nd (K, D), sum_n r_nk [x_nd observed] (K, D))``, over observed entries."""
+    m = observed(x)
+    return jnp.sum(resp, axis=0), dot(resp.T, fill(x, m)), dot(resp.T, m.astype(resp.dtype))
+
+
+def map_estimate(sums: Array, observed: Array, a, b, default: float,
+                 current: Array | None) -> Array:
+    """MAP ``(sums + a) / (observed + b)`` per component and feature, ``(K, D)``. Where
+    that is ``0 / 0`` (no data, no prior) it keeps ``current``, or without one takes
+    the estimate pooled over the components, or ``default`` for a feature never seen."""
+    if current is None:
+        current = ratio(jnp.sum(sums, 0) + a, jnp.sum(observed, 0) + b,
+                        jnp.full_like(sums[0], default))
+    return ratio(sums + a, observed + b, current)
+
+
+def n_free_parameters(n_components: int, n_features: int) -> int:
+    """Free parameters of ``K`` weights and one ``(K, D)`` parameter: ``K - 1 + K D``."""
+    return n_components - 1 + n_components * n_features
+
+
+def sample_rows(key: Array, weights: Array, theta: Array, n: int,
+                draw) -> tuple[Array, Array]:
+    """``n`` rows of a mixture of independent features with parameters ``theta (K, D,
+    ...)``: ``(x (n, D) in theta's dtype, labels (n,))``, ``z ~ weights``, then
+    ``x = draw(key, theta[z])`` (e.g. ``jax.random.bernoulli`` or ``jax.random.poisson``
+    on the ``(n, D)`` parameters, a categorical draw on ``(n, D, V)`` probabilities)."""
+    key_z, key_x = jax.random.split(key)
+    z = jax.random.categorical(key_z, safe_log(weights), shape=(n,))
+    row_theta = jnp.asarray(theta)[z]
+    return draw(key_x, row_theta).astype(row_theta.dtype), z
+
+
+def weight_logits(weights: Array) -> Array:
+    """``log weights`` with 0 clamped to the dtype's smallest normal number: the
+    gradient baseline's unconstrained coordinates of the mixing weights."""
+    return jnp.log(jnp.maximum(weights, jnp.finfo(weights.dtype).tiny))

@@ -81,20 +81,15 @@ class Bernoulli(Mixture):
               params: BernoulliParams | None = None) -> BernoulliStats:
         """Expected counts of ``x (n, D)`` under ``resp (n, K)`` (weights included)."""
         del params
-        m = dx.observed(x)
-        return BernoulliStats(jnp.sum(resp, axis=0), dx.dot(resp.T, dx.fill(x, m)),
-                              dx.dot(resp.T, m.astype(resp.dtype)))
+        return BernoulliStats(*dx.feature_stats(x, resp))
 
     def m_step(self, stats: BernoulliStats,
                params: BernoulliParams | None = None) -> BernoulliParams:
         """MAP estimates ``p_kd = (ones_kd + alpha) / (observed_kd + 2 alpha)``."""
         a = self.alpha
-        if params is None:  # pooled over components, or 1/2 if never observed
-            fallback = dx.ratio(jnp.sum(stats.ones, 0) + a, jnp.sum(stats.observed, 0) + 2 * a,
-                                jnp.full_like(stats.ones[0], 0.5))
-        else:
-            fallback = params.probabilities
-        probs = dx.ratio(stats.ones + a, stats.observed + 2 * a, fallback)
+        # No data: the current value, or pooled over components, or 1/2 if never observed.
+        probs = dx.map_estimate(stats.ones, stats.observed, a, 2 * a, 0.5,
+                                None if params is None else params.probabilities)
         weights = dx.mix_weights(stats.counts, a, None if params is None else params.weights)
         return BernoulliParams(weights, probs)
 
@@ -107,21 +102,18 @@ class Bernoulli(Mixture):
 
     def n_free_parameters(self, n_components: int, n_features: int) -> int:
         """Free parameters, for BIC and AIC: ``K - 1 + K D``."""
-        return n_components - 1 + n_components * n_features
+        return dx.n_free_parameters(n_components, n_features)
 
     def sample(self, key: jax.Array, params: BernoulliParams,
                n: int) -> tuple[jax.Array, jax.Array]:
         """Draw ``n`` rows: ``(x (n, D) of 0/1 in the params' dtype, labels (n,))``."""
-        key_z, key_x = jax.random.split(key)
-        z = jax.random.categorical(key_z, dx.safe_log(params.weights), shape=(n,))
-        p = params.probabilities[z]
-        return jax.random.bernoulli(key_x, p).astype(p.dtype), z
+        return dx.sample_rows(key, params.weights, params.probabilities, n,
+                              jax.random.bernoulli)
 
     def to_unconstrained(self, params: BernoulliParams) -> dict:
         """``{"logits": log weights (K,), "probabilities": logit p (K, D)}``."""
         p = dx.clip_unit(params.probabilities)
-        tiny = jnp.finfo(p.dtype).tiny
-        return {"logits": jnp.log(jnp.maximum(params.weights, tiny)),
+        return {"logits": dx.weight_logits(params.weights),
                 "probabilities": jnp.log(p) - jnp.log1p(-p)}
 
     def from_unconstrained(self, u: dict) -> BernoulliParams:

@@ -141,10 +141,8 @@ class Categorical(Mixture):
     def sample(self, key: jax.Array, params: CategoricalParams,
                n: int) -> tuple[jax.Array, jax.Array]:
         """Draw ``n`` rows: ``(codes (n, D) in the params' float dtype, labels (n,))``."""
-        key_z, key_x = jax.random.split(key)
-        z = jax.random.categorical(key_z, dx.safe_log(params.weights), shape=(n,))
-        codes = jax.random.categorical(key_x, dx.safe_log(params.probabilities[z]), axis=-1)
-        return codes.astype(params.probabilities.dtype), z
+        draw = lambda k, p: jax.random.categorical(k, dx.safe_log(p), axis=-1)
+        return dx.sample_rows(key, params.weights, params.probabilities, n, draw)
 
     # -- reparameterisation for the gradient baseline (jaxem.gradient) ----------------
     def to_unconstrained(self, params: CategoricalParams) -> dict:
@@ -153,7 +151,7 @@ class Categorical(Mixture):
         tiny = jnp.finfo(params.weights.dtype).tiny
         valid = jnp.asarray(self.valid)
         log_p = jnp.log(jnp.maximum(params.probabilities, tiny))
-        return {"logits": jnp.log(jnp.maximum(params.weights, tiny)),
+        return {"logits": dx.weight_logits(params.weights),
                 "log_probabilities": jnp.where(valid, log_p, 0.0)}
 
     def from_unconstrained(self, u: dict) -> CategoricalParams:

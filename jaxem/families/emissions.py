@@ -8,20 +8,24 @@ An emission model has
 * ``m_step(stats, params, update) -> params``: hmmlearn 0.3.3's M-step with its priors,
   keeping the current values of parameters whose letter is not in ``update``,
 * ``init(key, x, weights, n_components, method) -> params`` and
-  ``sample(key, params, states (n,)) -> x (n, D)``.
+  ``sample(key, params, states (n,)) -> x (n, D)``;
+* optionally ``log_prior(params)``, added to the HMM's objective.
+
+:class:`MixtureEmission` makes any mixture family an emission, so one family object
+serves a mixture and an HMM.
 
 Hyper-parameters (priors) are traced data fields: changing them does not recompile.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxem.families.base import family
+from jaxem.families.base import capability, family, log_prior
 from jaxem.families.gaussian import COVARIANCE_TYPES, Gaussian, GaussianParams
-from jaxem.init import initial_resp
+from jaxem.init import initial_resp, initialize
 
 Array = jax.Array
 
@@ -246,3 +250,55 @@ class PoissonEmission:
 
     def sample(self, key, params, states):
         return jax.random.poisson(key, params.lambdas[states]).astype(params.lambdas.dtype)
+
+
+# -- any mixture family ------------------------------------------------------------------------
+@family
+class MixtureEmission:
+    """A mixture family's component density as an HMM emission: the same family object
+    (e.g. :func:`jaxem.bernoulli`, :func:`jaxem.categorical`, :func:`jaxem.poisson`,
+    :func:`jaxem.gaussian`) serves a mixture and, wrapped here, an HMM.
+
+    Its params are the family's, with every mixing weight 1 (``log 1 = 0``, so the
+    family's ``log_joint`` is the per-state density); its statistics, M-step (with the
+    family's prior, letter ``e``) and ``log_prior`` are the family's own.
+    """
+
+    base: Any
+
+    letters = "e"
+
+    @staticmethod
+    def _unit_weights(params):
+        return params._replace(weights=jnp.ones_like(params.weights))
+
+    def log_likelihoods(self, params, x: Array) -> Array:
+        return self.base.log_joint(params, x)
+
+    def stats(self, x: Array, resp: Array, params=None):
+        return self.base.stats(x, resp, params)
+
+    def m_step(self, stats, params, update: str):
+        if "e" not in update:
+            return params
+        return self._unit_weights(self.base.m_step(stats, params))
+
+    def log_prior(self, params) -> Array:
+        return log_prior(self.base, params)
+
+    def init(self, key, x, weights, n_components, method="kmeans"):
+        if capability(self.base, "has_init"):
+            params = self.base.init(key, x, weights, n_components, method)
+        else:
+            params = initialize(self.base, key, x, weights, n_components, method or "kmeans")
+        return self._unit_weights(params)
+
+    def sample(self, key, params, states: Array) -> Array:
+        """One draw per step from its state's component: ``x (n, D)``."""
+        k = params.weights.shape[-1]
+
+        def one(key, state):
+            only = params._replace(weights=jax.nn.one_hot(state, k, dtype=params.weights.dtype))
+            return self.base.sample(key, only, 1)[0][0]
+
+        return jax.vmap(one)(jax.random.split(key, states.shape[0]), states)

@@ -83,7 +83,8 @@ class Gaussian(Mixture):
     reg_covar: float = 1e-6
     missing: bool = False
 
-    supports_missing = True  # a declared capability: the engine may set ``missing``
+    supports_missing = True  # declared capabilities (see jaxem.families.base.Family)
+    centres_data = True
 
     @property
     def gemm_rows(self) -> bool:

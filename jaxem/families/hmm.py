@@ -36,8 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxem import hmm_inference
-from jaxem.families.base import family
-from jaxem.families.emissions import CategoricalEmission, GaussianEmission, PoissonEmission
+from jaxem.families.base import Family, MixtureFamily, family, log_prior
+from jaxem.families.gmm_emission import GMMEmission
+from jaxem.families.emissions import (CategoricalEmission, GaussianEmission, MixtureEmission,
+                                     PoissonEmission)
 
 Array = jax.Array
 PyTree = Any
@@ -58,7 +60,7 @@ class HMMStats(NamedTuple):
 
 
 @family(static=("seq_len", "update", "parallel"))
-class HMM:
+class HMM(Family):
     """A hidden Markov model family.
 
     Args:
@@ -78,6 +80,9 @@ class HMM:
     startprob_prior: float | Array = 1.0
     transmat_prior: float | Array = 1.0
     parallel: bool = False
+
+    has_e_step = True  # declared capabilities (see jaxem.families.base.Family)
+    has_init = True
 
     # -- layout ---------------------------------------------------------------------------
     def sequences(self, x: Array, weights: Array | None = None) -> tuple[Array, Array]:
@@ -129,6 +134,12 @@ class HMM:
         emission = self.emission.m_step(stats.emission, params.emission, self.update)
         return HMMParams(startprob, transmat, emission)
 
+    def log_prior(self, params: HMMParams) -> Array:
+        """The emission's log-prior (e.g. a wrapped family's pseudo-counts). The start
+        and transition Dirichlet priors and hmmlearn's emission priors shape the M-step
+        (MAP) but, as hmmlearn's monitor, are not added to the recorded objective."""
+        return log_prior(self.emission, params.emission)
+
     def init(self, key, x, weights, n_components, method="kmeans") -> HMMParams:
         """Dirichlet(1) start and transition rows; the emission's own start."""
         k_s, k_t, k_e = jax.random.split(key, 3)
@@ -170,19 +181,28 @@ def _normalise(p):
 
 
 EMISSIONS = {"gaussian": GaussianEmission, "categorical": CategoricalEmission,
-             "poisson": PoissonEmission}
+             "poisson": PoissonEmission, "gmm": GMMEmission}
 
 
-def hmm(emission: str = "gaussian", *, seq_len: int, update: str | None = None,
+def hmm(emission="gaussian", *, seq_len: int, update: str | None = None,
         startprob_prior=1.0, transmat_prior=1.0, parallel: bool = False,
         **emission_kwargs) -> HMM:
-    """An :class:`HMM` family with ``"gaussian"``, ``"categorical"`` or ``"poisson"`` emissions.
+    """An :class:`HMM` family with ``"gaussian"``, ``"categorical"``, ``"poisson"`` or
+    ``"gmm"`` (a Gaussian mixture per state) emissions (hmmlearn's), or a mixture family's density (``jaxem.bernoulli()``,
+    ``jaxem.categorical(...)``, ...: see :class:`MixtureEmission`).
 
     ``emission_kwargs`` go to the emission model (``covariance_type``, ``n_symbols``, priors).
     """
-    if emission not in EMISSIONS:
-        raise ValueError(f"Unknown emission {emission!r}: use one of {', '.join(EMISSIONS)}.")
-    em = EMISSIONS[emission](**emission_kwargs)
+    if isinstance(emission, MixtureFamily):
+        if emission_kwargs:
+            raise TypeError(f"emission options {sorted(emission_kwargs)} are for the named "
+                            "emissions; a family carries its own.")
+        em = MixtureEmission(emission)
+    elif emission not in EMISSIONS:
+        raise ValueError(f"Unknown emission {emission!r}: use one of {', '.join(EMISSIONS)} "
+                         "or a mixture family such as jaxem.bernoulli().")
+    else:
+        em = EMISSIONS[emission](**emission_kwargs)
     if update is None:
         update = "st" + em.letters
     return HMM(em, int(seq_len), update, startprob_prior, transmat_prior, parallel)

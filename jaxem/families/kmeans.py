@@ -47,6 +47,8 @@ class KMeans(Mixture):
     ([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], [-1.0, -1.0, -1.0])
     """
 
+    centres_data = True  # has translate (see jaxem.families.base.Family)
+
     def log_joint(self, params: KMeansParams, x: jax.Array) -> jax.Array:
         """Minus the squared distance of each row to each centre: ``(n, K)``."""
         c = params.centers

@@ -76,19 +76,14 @@ class Poisson(Mixture):
               params: PoissonParams | None = None) -> PoissonStats:
         """Expected statistics of ``x (n, D)`` under ``resp (n, K)`` (weights included)."""
         del params
-        m = dx.observed(x)
-        return PoissonStats(jnp.sum(resp, axis=0), dx.dot(resp.T, dx.fill(x, m)),
-                            dx.dot(resp.T, m.astype(resp.dtype)))
+        return PoissonStats(*dx.feature_stats(x, resp))
 
     def m_step(self, stats: PoissonStats, params: PoissonParams | None = None) -> PoissonParams:
         """MAP rates ``(sum_x + alpha) / (observed + beta)`` and weights."""
         a, b = self.alpha, self.beta
-        if params is None:  # pooled over components, or 1 if never observed
-            fallback = dx.ratio(jnp.sum(stats.sum_x, 0) + a, jnp.sum(stats.observed, 0) + b,
-                                jnp.ones_like(stats.sum_x[0]))
-        else:
-            fallback = params.rates
-        rates = dx.ratio(stats.sum_x + a, stats.observed + b, fallback)
+        # No data: the current value, or pooled over components, or 1 if never observed.
+        rates = dx.map_estimate(stats.sum_x, stats.observed, a, b, 1.0,
+                                None if params is None else params.rates)
         weights = dx.mix_weights(stats.counts, a, None if params is None else params.weights)
         return PoissonParams(weights, rates)
 
@@ -101,20 +96,17 @@ class Poisson(Mixture):
 
     def n_free_parameters(self, n_components: int, n_features: int) -> int:
         """Free parameters, for BIC and AIC: ``K - 1 + K D``."""
-        return n_components - 1 + n_components * n_features
+        return dx.n_free_parameters(n_components, n_features)
 
     def sample(self, key: jax.Array, params: PoissonParams,
                n: int) -> tuple[jax.Array, jax.Array]:
         """Draw ``n`` rows: ``(counts (n, D) in the params' dtype, labels (n,))``."""
-        key_z, key_x = jax.random.split(key)
-        z = jax.random.categorical(key_z, dx.safe_log(params.weights), shape=(n,))
-        lam = params.rates[z]
-        return jax.random.poisson(key_x, lam).astype(lam.dtype), z
+        return dx.sample_rows(key, params.weights, params.rates, n, jax.random.poisson)
 
     def to_unconstrained(self, params: PoissonParams) -> dict:
         """``{"logits": log weights (K,), "rates": log rates (K, D)}``."""
         tiny = jnp.finfo(params.rates.dtype).tiny
-        return {"logits": jnp.log(jnp.maximum(params.weights, tiny)),
+        return {"logits": dx.weight_logits(params.weights),
                 "rates": jnp.log(jnp.maximum(params.rates, tiny))}
 
     def from_unconstrained(self, u: dict) -> PoissonParams:
