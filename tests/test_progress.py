@@ -233,9 +233,10 @@ def test_a_fresh_process_reads_the_fit_from_the_cache(tmp_path):
     # Every program cached, however fast it compiled: the test does not depend on how
     # busy the machine is (jaxem's own threshold is _cache.MIN_COMPILE_SECONDS).
     env = dict(JAXEM_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    first = _python(_FIT_AND_REPORT, 290, **env)
+    assert batch.bucket_rows(1500) == batch.bucket_rows(1530) > 1530
+    first = _python(_FIT_AND_REPORT, 1500, **env)
     assert first["dir"] == str(cache) and "jit__fit_block" in first["miss"]
-    second = _python(_FIT_AND_REPORT, 300, **env)  # another size in the same bucket
+    second = _python(_FIT_AND_REPORT, 1530, **env)  # another size in the same bucket
     fit_programs = {"jit__fit_start", "jit__fit_block", "jit__fit_finish"}
     assert fit_programs <= set(second["hit"])
     assert not fit_programs & set(second["miss"]), second["miss"]
