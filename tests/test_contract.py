@@ -162,8 +162,10 @@ def test_zero_weight_padding_changes_nothing(x64, name):
 def test_chunked_equals_full(x64, name):
     x = _data(name, 6, n=47)
     start = _start(name, x)
-    full = _fit(name, x, init=start, chunk_size=47)
-    _close(_fit(name, x, init=start, chunk_size=5).params, full.params)
+    # Five iterations: tol=0 stops at an exactly repeated value, which rounding may reach
+    # at different iterations (a trimmed family's params count them).
+    full = _fit(name, x, init=start, chunk_size=47, max_iter=5)
+    _close(_fit(name, x, init=start, chunk_size=5, max_iter=5).params, full.params)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n.split("-")[0] in PRIOR])
