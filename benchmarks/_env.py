@@ -1,10 +1,16 @@
-"""What the benchmark tables record about the machine and the installed versions."""
+"""What the benchmark tables record about the machine and the installed versions, and
+where they are written."""
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
+import os
 import platform
+import sys
 from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def cpu_model() -> str:
@@ -25,3 +31,56 @@ def versions(packages) -> dict:
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def backend() -> str:
+    """JAX's default backend ("cpu", "gpu", "tpu"): it names the results files, so a
+    run on a GPU writes beside, not over, the CPU tables."""
+    import jax
+
+    return jax.default_backend()
+
+
+def machine() -> dict:
+    """CPU, cores, memory, JAX's devices (with the accelerator's kind) and the load."""
+    import jax
+
+    mem = ""
+    with contextlib.suppress(OSError):
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    dev = jax.devices()[0]
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory": mem,
+            "platform": platform.platform(), "backend": jax.default_backend(),
+            "device_kind": getattr(dev, "device_kind", str(dev)),
+            "jax_devices": [str(d) for d in jax.devices()],
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "load_average_start": list(os.getloadavg())}
+
+
+def machine_line(m: dict) -> str:
+    """One Markdown line naming the machine a table was measured on."""
+    acc = "" if m.get("backend", "cpu") == "cpu" else f"; timed on {m['device_kind']}"
+    load = m.get("load_average_start", [float("nan")])[0]
+    end = m.get("load_average_end")
+    load_s = f"load average {load:.1f} at the start" + (
+        f", {end[0]:.1f} at the end" if end else "")
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('memory', '')} "
+            f"({m['platform']}){acc}; {load_s}.")
+
+
+def device_peak_bytes() -> int | None:
+    """The accelerator's peak allocated bytes so far in this process (None on CPU, where
+    JAX keeps no such count)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def write_results(out: Path, stem: str, results: dict, markdown: str) -> None:
+    """Write ``stem.json`` and ``stem.md`` into ``out`` and say so on stderr."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    (out / f"{stem}.md").write_text(markdown)
+    print(f"wrote {out / stem}.json and .md", file=sys.stderr)
