@@ -1,5 +1,9 @@
 """Time jaxem's Gaussian-mixture EM against scikit-learn and other EM implementations.
 
+Runs unchanged on a CPU or a GPU: JAX and the torch peers use the accelerator when there
+is one (scikit-learn stays on the CPU), the results files are named by JAX's backend
+(``gmm_cpu.*``, ``gmm_gpu.*``), and on a GPU a 10-million-row workload is added.
+
 Every implementation gets the same data, the same explicit starting parameters
 (weights, means, precisions) and runs a fixed number of EM iterations (``tol`` set so
 that none stops early; the iteration counts are checked). jaxem and gmmx are timed
@@ -11,19 +15,17 @@ whether the same work was done.
 
 Usage::
 
-    python benchmarks/bench_gmm.py            # the full run, writes benchmarks/results/
+    python benchmarks/bench_gmm.py            # the full run, writes benchmarks/results/gmm_<backend>.*
     python benchmarks/bench_gmm.py --quick    # a tiny smoke run (< 20 s), writes nothing
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
-import json
 import os
-import platform
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxem
-from _env import cpu_model, versions
+import _env
 import jaxem.batch
 from jaxem.families import GaussianParams
 
@@ -43,17 +45,27 @@ try:
 except ImportError:  # plain prints instead of a progress bar
     tqdm = None
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("sklearn", "gmmx", "pomegranate", "torchgmm")
 PACKAGES = ("jax", "jaxlib", "numpy", "scikit-learn", "gmmx", "pomegranate", "torch",
             "torchgmm", "jaxem")
 
 
 # -- workloads ------------------------------------------------------------------------
-def workloads(quick: bool) -> list[dict]:
+def workloads(quick: bool, gpu: bool = False) -> list[dict]:
     if quick:
         return [dict(name="tiny full, n_init=2", n=2000, d=4, k=3, ct="full", iters=5,
                      n_init=2)]
+    big = [
+        # An accelerator's workload: reading 10^7 x 64 float32 rows (2.56 GB) once per
+        # iteration bounds a diag iteration at about 1 ms on an H100. scikit-learn would
+        # take minutes per call here, and gmmx materialises (N, K, D) arrays (41 GB).
+        dict(name="N=10M D=64 K=16 diag, 10 it, n_init=1", n=10_000_000, d=64, k=16,
+             ct="diag", iters=10, n_init=1, peer_repeats=1,
+             skip=("sklearn", "gmmx")),
+        dict(name="N=10M D=64 K=16 diag, 10 it, n_init=8", n=10_000_000, d=64, k=16,
+             ct="diag", iters=10, n_init=8, peer_repeats=1,
+             skip=("sklearn", "gmmx", "pomegranate", "torchgmm")),
+    ] if gpu else []
     return [
         dict(name="N=20k D=8 K=8 full, 50 it, n_init=1", n=20_000, d=8, k=8, ct="full",
              iters=50, n_init=1),
@@ -64,7 +76,7 @@ def workloads(quick: bool) -> list[dict]:
              iters=10, n_init=1, peer_repeats=1, gmmx_repeats=2),
         dict(name="N=1M D=16 K=16 diag, 10 it, n_init=8", n=1_000_000, d=16, k=16, ct="diag",
              iters=10, n_init=8, peer_repeats=1, gmmx_repeats=1),
-    ]
+    ] + big
 
 
 # -- arithmetic per EM iteration, and a plain GEMM of the same size -----------------------
@@ -117,17 +129,28 @@ def gemm_peak(w, x, chunk, repeats=5) -> dict:
 
 
 def make_data(w: dict, seed: int = 0):
-    """Samples of a random ``K``-component mixture, and ``n_init`` starting parameters."""
+    """Samples of a random ``K``-component mixture, and ``n_init`` starting parameters
+    (drawn from their own stream, so workloads that differ only in ``n_init`` share the
+    data and their first starts)."""
+    x = make_x(w["n"], w["d"], w["k"], w["ct"], seed)
+    return x, make_starts(x, w, seed + 1)
+
+
+@functools.lru_cache(maxsize=1)
+def make_x(n: int, d: int, k: int, ct: str, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    n, d, k = w["n"], w["d"], w["k"]
     centres = rng.normal(0.0, 3.0, (k, d))
     z = rng.integers(0, k, n)
-    if w["ct"] == "full":
+    if ct == "full":
         a = rng.normal(size=(k, d, d)) / np.sqrt(d)
         chol = np.linalg.cholesky(a @ a.transpose(0, 2, 1) + 0.2 * np.eye(d))
-        x = centres[z] + np.einsum("nde,ne->nd", chol[z], rng.normal(size=(n, d)))
-    else:
-        x = centres[z] + rng.uniform(0.3, 1.5, (k, d))[z] * rng.normal(size=(n, d))
+        return centres[z] + np.einsum("nde,ne->nd", chol[z], rng.normal(size=(n, d)))
+    return centres[z] + rng.uniform(0.3, 1.5, (k, d))[z] * rng.normal(size=(n, d))
+
+
+def make_starts(x: np.ndarray, w: dict, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    (n, d), k = x.shape, w["k"]
     starts = []
     for _ in range(w["n_init"]):  # random_from_data: data points as means, data covariance
         means = x[rng.choice(n, k, replace=False)]
@@ -136,7 +159,7 @@ def make_data(w: dict, seed: int = 0):
         else:
             prec = np.broadcast_to(1.0 / x.var(0), (k, d)).copy()
         starts.append(dict(weights=np.full(k, 1.0 / k), means=means, precisions=prec))
-    return x, starts
+    return starts
 
 
 def final_mean_ll(x, ct, weights, means, covariances) -> float:
@@ -262,9 +285,9 @@ class PomegranateRunner:
     def __init__(self, w, x, starts):
         import torch
 
-        self.torch = torch
+        self.torch, self.device = torch, torch_device()
         self.w, self.starts, self.x64 = w, starts, x
-        self.x = torch.as_tensor(x, dtype=torch.float32)
+        self.x = torch.as_tensor(x, dtype=torch.float32).to(self.device)
 
     def _model(self, s):
         from pomegranate.distributions import Normal
@@ -285,21 +308,22 @@ class PomegranateRunner:
             return summarize(*a, **kw)
 
         model.summarize = counted
-        return model
+        return model.to(self.device)
 
     def __call__(self):
         models = [self._model(s) for s in self.starts]  # construction is cheap
         with self.torch.no_grad():
             for m in models:
                 m.fit(self.x)
+        torch_sync(self.torch)
         return models
 
     def check(self, models):
         res = []
         for m in models:
-            weights = m.priors.detach().numpy().astype(np.float64)
-            means = np.stack([d.means.detach().numpy() for d in m.distributions])
-            covs = np.stack([d.covs.detach().numpy() for d in m.distributions])
+            weights = m.priors.detach().cpu().numpy().astype(np.float64)
+            means = np.stack([d.means.detach().cpu().numpy() for d in m.distributions])
+            covs = np.stack([d.covs.detach().cpu().numpy() for d in m.distributions])
             res.append((final_mean_ll(self.x64, self.w["ct"], weights / weights.sum(), means, covs),
                         m.n_e_steps, float("nan")))
         return res
@@ -345,12 +369,14 @@ class TorchgmmRunner:
                             collate_fn=collate_tensor)
         trainer = pl.Trainer(max_epochs=w["iters"], logger=False, enable_progress_bar=False,
                              enable_checkpointing=False, enable_model_summary=False,
-                             accelerator="cpu", devices=1)
+                             accelerator="gpu" if torch_device() == "cuda" else "cpu",
+                             devices=1)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             trainer.fit(module, loader)
-        return model, module.current_epoch
+        torch_sync(torch)
+        return model.cpu(), module.current_epoch
 
     def __call__(self):
         return [self._fit(s) for s in self.starts]
@@ -364,6 +390,19 @@ class TorchgmmRunner:
                                       model.covariances.detach().numpy()),
                         int(epochs), float("nan")))
         return res
+
+
+def torch_device() -> str:
+    """The torch peers run where JAX runs: on the GPU when JAX's backend is one."""
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def torch_sync(torch) -> None:
+    """Wait for queued CUDA work, so the clock reads finished work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def peer_runner(name, w, x, starts):
@@ -400,12 +439,6 @@ def time_calls(fn, repeats: int, warm: bool):
     return first, times, cpu, out
 
 
-def machine() -> dict:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "jax_devices": [str(d) for d in jax.devices()],
-            "load_average_start": list(os.getloadavg())}
-
-
 def installed(name: str) -> bool:
     mod = {"sklearn": "sklearn"}.get(name, name)
     try:
@@ -416,8 +449,9 @@ def installed(name: str) -> bool:
         return False
 
 
-def run(args) -> dict:
-    wls = [w for w in workloads(args.quick) if args.only in w["name"]]
+def run(args, save=None) -> dict:
+    gpu = jax.default_backend() != "cpu"
+    wls = [w for w in workloads(args.quick, gpu) if args.only in w["name"]]
     # Quick: only the peers that import fast (torch's import alone takes seconds).
     peers = [p for p in PEERS if p not in args.skip
              and not (args.quick and p in ("pomegranate", "torchgmm"))]
@@ -426,7 +460,9 @@ def run(args) -> dict:
         plan.append((w, "jaxem float32"))
         if w["n"] <= 100_000 and not args.quick:
             plan.append((w, "jaxem float64"))
-        plan += [(w, p) for p in peers]
+        # On a GPU, torchgmm's Lightning loop (seconds per fit) runs one start only.
+        skip = w.get("skip", ()) + (("torchgmm",) if gpu and w["n_init"] > 1 else ())
+        plan += [(w, p) for p in peers if p not in skip]
     load_start = list(os.getloadavg())
     bar = tqdm(plan, desc="bench", unit="run") if tqdm else plan
     rows, data_cache = [], {}
@@ -448,83 +484,104 @@ def run(args) -> dict:
             row["note"] = "not installed"
             rows.append(row)
             continue
-        if impl.startswith("jaxem"):
-            runner = JaxemRunner(w, x, starts, np.float32 if "32" in impl else np.float64)
-            auto = getattr(jaxem.batch, "auto_chunk_size", lambda *a: None)  # older jaxem
-            try:
-                cs = auto((1, w["n"], w["d"]), w["n_init"], w["k"], runner.fam)
-            except TypeError:  # older signature without the family
-                cs = auto((1, w["n"], w["d"]), w["n_init"], w["k"])
-            row["chunk_size"] = w.get("chunk_size") or cs
-            row["chunk_auto"] = w.get("chunk_size") is None
-            warm = True
-        else:
-            runner = peer_runner(impl, w, x, starts)
-            warm = impl == "gmmx"
-        # Slow single-threaded peers get fewer repeats of the long workloads.
-        reps = args.repeats if (impl.startswith("jaxem") or impl == "gmmx") else \
-            w.get("peer_repeats", args.peer_repeats)
-        if impl == "gmmx":
-            reps = w.get("gmmx_repeats", reps)
-        first, times, cpu, out = time_calls(runner, reps, warm)
-        checks = runner.check(out)
-        row.update(first_call_s=first, times_s=times, best_s=min(times),
-                   median_s=statistics.median(times), cpu_s=cpu, best_cpu_s=min(cpu),
-                   compile_s=max(first - min(times), 0.0) if warm else None,
-                   n_iter=[c[1] for c in checks], final_ll=[c[0] for c in checks],
-                   reported_ll=[c[2] for c in checks])
-        row["ran_all_iterations"] = all(c[1] == w["iters"] for c in checks)
-        if impl.startswith("jaxem"):
-            total = flops_per_iter(w) * w["n_init"] * w["iters"]
-            itemsize = 4 if "32" in impl else 8
-            row["flops_total"] = total
-            row["gflops"] = total / row["best_s"] / 1e9
-            # one read of the N×D data per iteration (all restarts share that read)
-            row["gbytes_per_s"] = w["n"] * w["d"] * itemsize * w["iters"] / row["best_s"] / 1e9
+        try:
+            measure(row, w, impl, x, starts, args)
+        except Exception as e:  # noqa: BLE001 - one failed peer (e.g. out of memory) is a row
+            row["note"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
         rows.append(row)
-        if impl == "jaxem float32":
+        if impl == "jaxem float32" and "best_s" in row:
             peak = gemm_peak(w, x, row.get("chunk_size"))
             rows.append(dict(workload=w["name"], impl="GEMM peak", n=w["n"], d=w["d"], k=w["k"],
                              covariance_type=w["ct"], iters=w["iters"], n_init=w["n_init"],
                              gemm=peak))
-    # Ratios and agreement with scikit-learn, per workload.
+        if save:  # what ran so far, so a run cut short still leaves its table
+            save(summarise(rows, wls, args, load_start))
+    return summarise(rows, wls, args, load_start)
+
+
+def summarise(rows, wls, args, load_start) -> dict:
+    """Ratios, and agreement with scikit-learn (or jaxem float32 where it did not run)."""
     for w in wls:
         group = [r for r in rows if r["workload"] == w["name"]]
-        base = {r["impl"]: r for r in group}
-        sk, jx = base.get("sklearn"), base.get("jaxem float32")
+        base = {r["impl"]: r for r in group if "best_s" in r}
+        jx = base.get("jaxem float32")
+        ref_name = "sklearn" if "sklearn" in base else "jaxem float32"
+        ref = base.get(ref_name)
         for r in group:
             if "best_s" not in r:
                 continue
-            if sk and "final_ll" in r and "final_ll" in sk:
-                r["max_abs_ll_diff_vs_sklearn"] = float(np.max(np.abs(
-                    np.array(r["final_ll"]) - np.array(sk["final_ll"]))))
-            if jx and "best_s" in jx:
+            if ref:
+                r["ll_reference"] = ref_name
+                r["max_abs_ll_diff"] = float(np.max(np.abs(
+                    np.array(r["final_ll"]) - np.array(ref["final_ll"]))))
+            if jx:
                 r["time_over_jaxem_f32"] = r["best_s"] / jx["best_s"]
                 r["cpu_over_jaxem_f32"] = r["best_cpu_s"] / jx["best_cpu_s"]
-    meta = dict(machine=machine(), versions=versions(PACKAGES), repeats=args.repeats,
-                peer_repeats=args.peer_repeats, quick=args.quick)
+    meta = dict(machine=_env.machine(), versions=_env.versions(PACKAGES),
+                repeats=args.repeats, peer_repeats=args.peer_repeats, quick=args.quick)
     meta["machine"]["load_average_start"] = load_start
     meta["machine"]["load_average_end"] = list(os.getloadavg())
     return dict(meta=meta, rows=rows)
 
 
+def measure(row: dict, w: dict, impl: str, x, starts, args) -> None:
+    """Time one implementation on one workload and fill ``row`` in."""
+    if impl.startswith("jaxem"):
+        runner = JaxemRunner(w, x, starts, np.float32 if "32" in impl else np.float64)
+        auto = getattr(jaxem.batch, "auto_chunk_size", lambda *a: None)  # older jaxem
+        try:
+            cs = auto((1, w["n"], w["d"]), w["n_init"], w["k"], runner.fam)
+        except TypeError:  # older signature without the family
+            cs = auto((1, w["n"], w["d"]), w["n_init"], w["k"])
+        row["chunk_size"] = w.get("chunk_size") or cs
+        row["chunk_auto"] = w.get("chunk_size") is None
+        warm = True
+    else:
+        runner = peer_runner(impl, w, x, starts)
+        warm = impl == "gmmx"
+    # Slow single-threaded peers get fewer repeats of the long workloads.
+    reps = args.repeats if (impl.startswith("jaxem") or impl == "gmmx") else \
+        w.get("peer_repeats", args.peer_repeats)
+    if impl == "gmmx":
+        reps = w.get("gmmx_repeats", reps)
+    first, times, cpu, out = time_calls(runner, reps, warm)
+    checks = runner.check(out)
+    row.update(first_call_s=first, times_s=times, best_s=min(times),
+               median_s=statistics.median(times), cpu_s=cpu, best_cpu_s=min(cpu),
+               compile_s=max(first - min(times), 0.0) if warm else None,
+               n_iter=[c[1] for c in checks], final_ll=[c[0] for c in checks],
+               reported_ll=[c[2] for c in checks])
+    row["ran_all_iterations"] = all(c[1] == w["iters"] for c in checks)
+    if impl.startswith("jaxem"):
+        total = flops_per_iter(w) * w["n_init"] * w["iters"]
+        itemsize = 4 if "32" in impl else 8
+        row["flops_total"] = total
+        row["gflops"] = total / row["best_s"] / 1e9
+        # one read of the N×D data per iteration (all restarts share that read)
+        row["gbytes_per_s"] = w["n"] * w["d"] * itemsize * w["iters"] / row["best_s"] / 1e9
+        # The accelerator's peak so far in this process (runs go from small to large).
+        row["device_peak_bytes"] = _env.device_peak_bytes()
+
+
 def markdown(res: dict) -> str:
     m, v = res["meta"]["machine"], res["meta"]["versions"]
+    on_gpu = m.get("backend", "cpu") != "cpu"
     lines = [
-        "# Gaussian-mixture EM on CPU: jaxem vs peers",
+        f"# Gaussian-mixture EM on {m.get('backend', 'cpu').upper()}: jaxem vs peers",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores ({m['platform']}); load average "
-        f"{m['load_average_start'][0]:.1f} at the start, {m['load_average_end'][0]:.1f} at the end "
-        "(no other heavy jobs ran).",
+        _env.machine_line(m),
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
         "",
+        ("jaxem, gmmx and the torch peers ran on the GPU; scikit-learn on the machine's "
+         "CPU. " if on_gpu else "") +
         "Same data, same explicit starting parameters, a fixed number of EM iterations "
         "(checked), best of "
         f"{res['meta']['repeats']} calls for jaxem/gmmx (after a compiling first call) and of "
         f"{res['meta']['peer_repeats']} for the others. *first call* includes jaxem/gmmx's "
         "compilation. *CPU s* is the process CPU time of the best-CPU call (all threads; a "
         "guard against other jobs on the machine). *Δ LL* is the largest difference, over starts, of the float64 mean "
-        "log-likelihood at the final parameters from scikit-learn's. *× jaxem* is the "
+        "log-likelihood at the final parameters from scikit-learn's (from jaxem float32's "
+        "where scikit-learn did not run). *× jaxem* is the "
         "implementation's best wall time over jaxem float32's (larger = jaxem faster), "
         "*× jaxem (CPU)* the same for CPU time.",
         "",
@@ -537,16 +594,17 @@ def markdown(res: dict) -> str:
         "(each chunk's product summed over rows); its GFLOP/s is the ceiling the jaxem number "
         "can be compared with.",
         "",
-        "pomegranate and torchgmm (torch) are not installed in this environment; their rows "
-        "for the first three workloads are in this file's git history (commits dd5eb04 / "
-        "6b92439).",
+        "*device peak* is the accelerator's peak allocated memory in the process so far "
+        "(JAX's count; the workloads run from small to large)." if on_gpu else "",
         "",
     ]
     for wname in dict.fromkeys(r["workload"] for r in res["rows"]):
         lines += [f"## {wname}", "",
                   "| implementation | best s | median s | CPU s | first call s | iterations | "
-                  "final mean LL | Δ LL vs sklearn | × jaxem | × jaxem (CPU) | GFLOP/s | GB/s |",
-                  "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+                  "final mean LL | Δ LL | × jaxem | × jaxem (CPU) | GFLOP/s | GB/s |"
+                  + (" device peak GB |" if on_gpu else ""),
+                  "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+                  + ("---:|" if on_gpu else "")]
         for r in res["rows"]:
             if r["workload"] != wname:
                 continue
@@ -572,10 +630,12 @@ def markdown(res: dict) -> str:
                 f"| {name} | {r['best_s']:.3f} | {r['median_s']:.3f} | {r['best_cpu_s']:.3f} | "
                 f"{r['first_call_s']:.3f} | "
                 f"{its} | {r['final_ll'][0]:.6f} | "
-                f"{r.get('max_abs_ll_diff_vs_sklearn', float('nan')):.1e} | "
+                f"{r.get('max_abs_ll_diff', float('nan')):.1e} | "
                 f"{r.get('time_over_jaxem_f32', float('nan')):.1f} | "
                 f"{r.get('cpu_over_jaxem_f32', float('nan')):.1f} | "
-                + (f"{r['gflops']:.1f} | {r['gbytes_per_s']:.2f} |" if "gflops" in r else " | |"))
+                + (f"{r['gflops']:.1f} | {r['gbytes_per_s']:.2f} |" if "gflops" in r else " | |")
+                + (f" {r['device_peak_bytes'] / 1e9:.2f} |" if r.get("device_peak_bytes")
+                   else (" |" if on_gpu else "")))
         lines.append("")
     notes = {r["impl"]: r["note"] for r in res["rows"] if r.get("note")}
     if notes:
@@ -595,20 +655,14 @@ def main(argv=None):
                    help="timed calls of the CPU-bound peers (default 2; quick 1)")
     p.add_argument("--only", default="", help="run the workloads whose name contains this")
     p.add_argument("--skip", nargs="*", default=[], choices=PEERS, help="peers to leave out")
-    p.add_argument("--out", type=Path, default=RESULTS,
-                   help="folder for gmm_cpu.json and gmm_cpu.md (not written with --quick)")
+    p.add_argument("--out", type=Path, default=_env.RESULTS,
+                   help="folder for gmm_<backend>.json and .md (not written with --quick)")
     args = p.parse_args(argv)
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.peer_repeats = args.peer_repeats or (1 if args.quick else 2)
-    res = run(args)
-    md = markdown(res)
-    print(md)
-    if not args.quick:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gmm_cpu.json").write_text(json.dumps(res, indent=1))
-        (args.out / "gmm_cpu.md").write_text(md)
-        print(f"wrote {args.out / 'gmm_cpu.json'} and {args.out / 'gmm_cpu.md'}", file=sys.stderr)
-
+    save = None if args.quick else \
+        (lambda res: _env.write_results(args.out, f"gmm_{_env.backend()}", res, markdown(res)))
+    print(markdown(run(args, save)))
 
 if __name__ == "__main__":
     main()

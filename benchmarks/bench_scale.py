@@ -1,4 +1,7 @@
-"""Scale benchmarks of jaxem's Gaussian-mixture EM on CPU: streaming, devices, online EM.
+"""Scale benchmarks of jaxem's Gaussian-mixture EM: streaming, devices, online EM.
+
+Runs unchanged on a GPU (results named by JAX's backend: ``scale_cpu.*``, ``scale_gpu.*``);
+part (b) forces CPU devices, so run ``--parts ac`` there.
 
 (a) N=10^7, D=16, K=16 float32 diag streamed by ``jaxem.fit_stream`` from a
     memory-mapped ``.npy`` (written in pieces to a temporary folder), 3 EM
@@ -21,7 +24,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -29,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _env import cpu_model, versions
+import _env
 
-RESULTS = Path(__file__).resolve().parent / "results"
 D, K = 16, 16
 
 
@@ -47,14 +48,6 @@ def rss_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return -1
-
-
-def machine() -> dict:
-    mem = ""
-    with contextlib.suppress(OSError):
-        mem = Path("/proc/meminfo").read_text().splitlines()[0]
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "memory": mem}
 
 
 def centres(seed=0, scale=3.0):
@@ -130,7 +123,7 @@ def part_stream(n, tmp: Path) -> dict:
                stream_s_per_iter_incl_setup=t3 / 3,
                stream_rss_before_mb=rss0 / 1024, stream_rss_rise_mb=(hwm - rss0) / 1024,
                stream_n_iter=int(out.n_iter), stream_ll=float(out.log_likelihood),
-               stream_block_size=65536)
+               stream_block_size=65536, stream_device_peak_bytes=_env.device_peak_bytes())
     # In memory: the array read into RAM (before the RSS reset), jaxem.fit 3 iterations.
     x = np.array(x_mm)
     del x_mm
@@ -145,7 +138,8 @@ def part_stream(n, tmp: Path) -> dict:
     hwm = rss_kb("VmHWM")
     res.update(fit_3it_s=tf, fit_s_per_iter=tf / 3, fit_rss_before_mb=rss0 / 1024,
                fit_rss_rise_mb=(hwm - rss0) / 1024, fit_n_iter=int(out.n_iter),
-               fit_ll=float(out.log_likelihood), data_mb=x.nbytes / 2**20)
+               fit_ll=float(out.log_likelihood), data_mb=x.nbytes / 2**20,
+               fit_device_peak_bytes=_env.device_peak_bytes())
     try:
         import jaxem.batch
         res["fit_chunk_size_auto"] = jaxem.batch.auto_chunk_size((1, n, D), 1, K, fam)
@@ -235,10 +229,10 @@ def part_online(n=1_000_000) -> dict:
 # -- report ----------------------------------------------------------------------------
 def markdown(r: dict) -> str:
     m, v = r["machine"], r["versions"]
-    L = ["# jaxem at scale on CPU: streaming, devices, online EM", "",
-         f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('memory', '')} "
-         f"({m['platform']}); load average {r['load_start'][0]:.2f} at the start, "
-         f"{r['load_end'][0]:.2f} at the end (no other heavy jobs).",
+    on_gpu = m.get("backend", "cpu") != "cpu"
+    m = dict(m, load_average_start=r["load_start"], load_average_end=r["load_end"])
+    L = [f"# jaxem at scale on {m.get('backend', 'cpu').upper()}: streaming, devices, online EM",
+         "", _env.machine_line(m),
          "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".", ""]
     a = r.get("stream")
     if a:
@@ -250,17 +244,21 @@ def markdown(r: dict) -> str:
               "1-iteration call)/2, i.e. without its set-up pass (validation, centre, init "
               "sample); *whole call / 3* includes it. *RSS rise*: peak RSS (VmHWM, reset via "
               "/proc/self/clear_refs) during the timed call minus RSS before it; for jaxem.fit "
-              "the array was already in RAM. Compile excluded (a previous identical-shape call).",
+              "the array was already in RAM. Compile excluded (a previous identical-shape call)."
+              + (" *device peak GB*: the GPU's peak allocated bytes in the process after the "
+                 "row's runs (JAX's count; streaming ran first)." if on_gpu else ""),
               "",
               "| method | 3-iteration call s | s / iteration | whole call / 3 | RSS before MB | "
-              "peak RSS rise MB | final mean LL |",
-              "|---|---:|---:|---:|---:|---:|---:|",
+              "peak RSS rise MB | final mean LL |" + (" device peak GB |" if on_gpu else ""),
+              "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if on_gpu else ""),
               f"| fit_stream (.npy memmap) | {a['stream_3it_s']:.2f} | {a['stream_s_per_iter']:.3f} | "
               f"{a['stream_s_per_iter_incl_setup']:.3f} | {a['stream_rss_before_mb']:.0f} | "
-              f"{a['stream_rss_rise_mb']:.0f} | {a['stream_ll']:.6f} |",
+              f"{a['stream_rss_rise_mb']:.0f} | {a['stream_ll']:.6f} |"
+              + (f" {(a.get('stream_device_peak_bytes') or 0) / 1e9:.2f} |" if on_gpu else ""),
               f"| jaxem.fit (in memory, chunk {a.get('fit_chunk_size_auto')}) | {a['fit_3it_s']:.2f} | "
               f"{a['fit_s_per_iter']:.3f} | {a['fit_s_per_iter']:.3f} | "
-              f"{a['fit_rss_before_mb']:.0f} | {a['fit_rss_rise_mb']:.0f} | {a['fit_ll']:.6f} |",
+              f"{a['fit_rss_before_mb']:.0f} | {a['fit_rss_rise_mb']:.0f} | {a['fit_ll']:.6f} |"
+              + (f" {(a.get('fit_device_peak_bytes') or 0) / 1e9:.2f} |" if on_gpu else ""),
               "", f"(The data are {a['data_mb']:.0f} MiB in memory.)", ""]
     b = r.get("devices")
     if b:
@@ -305,12 +303,13 @@ def main(argv=None):
     p.add_argument("--n-stream", type=int, default=10_000_000)
     p.add_argument("--parts", default="abc")
     p.add_argument("--devices-child", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, default=_env.RESULTS)
     args = p.parse_args(argv)
     if args.devices_child is not None:
         print(json.dumps(part_devices_child(args.devices_child)))
         return
-    r = {"machine": machine(), "versions": versions(("jax", "jaxlib", "numpy", "jaxem")), "load_start": list(os.getloadavg())}
+    r = {"machine": _env.machine(), "versions": _env.versions(("jax", "jaxlib", "numpy", "jaxem")),
+         "load_start": list(os.getloadavg())}
     args.tmp.mkdir(parents=True, exist_ok=True)
     for part, name, fn in (("a", "stream", lambda: part_stream(args.n_stream, args.tmp)),
                            ("b", "devices", part_devices), ("c", "online", part_online)):
@@ -322,9 +321,7 @@ def main(argv=None):
                   flush=True)
             # write what ran so far
             r["load_end"] = list(os.getloadavg())
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "scale_cpu.json").write_text(json.dumps(r, indent=1))
-            (args.out / "scale_cpu.md").write_text(markdown(r))
+            _env.write_results(args.out, f"scale_{_env.backend()}", r, markdown(r))
     print(markdown(r))
 
 
