@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import operator
 from typing import Any, NamedTuple
@@ -264,10 +263,11 @@ def _spread(devices, shard, x, weights, keys, params0, key):
 
 def with_missing(family, x):
     """The family that fits ``x``: when ``x`` has NaN, a family that declares
-    ``supports_missing`` and has a static ``missing`` switch (the Gaussians) gets it
-    turned on (exact EM over the observed entries); others are returned as they are."""
+    ``supports_missing`` and has a static ``missing`` switch (the Gaussians, HMMs with
+    Gaussian emissions) gets it turned on (exact EM over the observed entries); others
+    are returned as they are."""
     if capability(family, "supports_missing") and not family.missing and has_nan(x):
-        return dataclasses.replace(family, missing=True)
+        return family.with_missing(True)
     return family
 
 
@@ -285,8 +285,7 @@ _any_nan = jax.jit(lambda x: jnp.any(jnp.isnan(x)))
 
 def _complete(family):
     """``family`` for complete rows (its initialisation needs no missing-value EM)."""
-    return dataclasses.replace(family, missing=False) if getattr(family, "missing", False) \
-        else family
+    return family.with_missing(False) if getattr(family, "missing", False) else family
 
 
 def _accepts_nan(family) -> bool:
@@ -301,7 +300,10 @@ def _prepare(family, x, weights, key, n_init, n_components, init):
     check_family(family)
     n_components, n_init = check_int("n_components", n_components), check_int("n_init", n_init)
     key = check_key(key)
-    x, weights = _check_data(as_data(x), weights, n_components, _accepts_nan(family))
+    # An HMM's step with nothing observed is uninformative (the chain passes through it);
+    # a mixture's row with nothing observed is refused.
+    x, weights = _check_data(as_data(x), weights, n_components, _accepts_nan(family),
+                             allow_empty=capability(family, "has_e_step"))
     if isinstance(init, str):
         if init not in INIT_METHODS:
             raise ValueError(f"Unknown init {init!r}: use one of {', '.join(INIT_METHODS)} "
@@ -380,7 +382,13 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
     unchunked); 8 restarts 0.33 s at 4096 (0.44 s at 2048, 1.19 s unchunked).
     """
     n_batch, n, d = shape
-    if capability(family, "gemm_rows"):
+    if jax.default_backend() != "cpu":
+        # An accelerator runs each chunk as its own kernels, so many small chunks cost
+        # launches, not cache misses: chunk only to bound memory, at about 2**26 numbers
+        # (256 MB float32) of E-step intermediates per chunk.
+        per_row = n_batch * n_init * n_components * (1 if capability(family, "gemm_rows") else d)
+        rows = max(4096, 2**26 // per_row)
+    elif capability(family, "gemm_rows"):
         rows = min(16384, max(4096, 2**17 // (n_batch * n_init * n_components)))
     else:
         rows = max(256, 2**20 // (n_batch * n_init * n_components * d))
@@ -737,8 +745,9 @@ def _data_summary(x3, w3):
             jnp.where(first < x3.shape[1], first, -1), jnp.min(jnp.sum(w3 > 0, axis=1)))
 
 
-def _check_data(x, weights, n_components, allow_nan=False):
-    """Validate and bring to ``(B, n, D)`` data and ``(B, n)`` weights."""
+def _check_data(x, weights, n_components, allow_nan=False, allow_empty=False):
+    """Validate and bring to ``(B, n, D)`` data and ``(B, n)`` weights (``allow_nan``:
+    NaN marks a missing entry; ``allow_empty``: also every entry of a row)."""
     x3 = x if x.ndim == 3 else x[None]
     if weights is None:
         w3 = jnp.ones(x3.shape[:2], x.dtype)
@@ -761,7 +770,7 @@ def _check_data(x, weights, n_components, allow_nan=False):
     if allow_nan:  # missing entries are NaN; a row needs one observed value
         if bad_inf:
             raise ValueError("x contains infinity; remove those rows or give them weight 0.")
-        if empty >= 0:
+        if empty >= 0 and not allow_empty:
             raise ValueError(f"x has rows with every value missing (NaN), e.g. row "
                              f"{empty}: drop them or give them weight 0.")
     elif bad_inf or bad_nan:
