@@ -14,39 +14,33 @@ only precision). Timed:
   k-means on the data; it is skipped so that only EM is timed.
 
 The final log-likelihoods are recorded to show that the runs did the same work.
-Writes ``benchmarks/results/bench_gmmhmm.json`` and ``.md`` (``bench_gmmhmm_quick.*``
-with ``--quick``, a smoke test on tiny shapes).
+Writes ``benchmarks/results/bench_gmmhmm_<backend>.json`` and ``.md`` (``--quick``, a
+smoke test on tiny shapes, prints and writes nothing).
 
     PYTHONPATH=. python benchmarks/bench_gmmhmm.py [--quick] [--repeat 3]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxem
-from _env import cpu_model, versions
+import _env
 from jaxem.families.gmm_emission import GMMEmission
 from jaxem.families.hmm import HMM, HMMParams, pad_sequences
 
-RESULTS = Path(__file__).parent / "results"
 COVARIANCE_TYPES = ("diag", "spherical", "full", "tied")
 
 
 def machine() -> dict:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "device": str(jax.devices()[0]), "load_average_start": list(os.getloadavg()),
-            "versions": versions(("jax", "jaxlib", "numpy", "scipy", "scikit-learn",
-                                  "hmmlearn"))}
+    return dict(_env.machine(), versions=_env.versions(
+        ("jax", "jaxlib", "numpy", "scipy", "scikit-learn", "hmmlearn")))
 
 
 def make_problem(n_seq, t, d, k, m, ct, seed=0):
@@ -188,10 +182,9 @@ def main():
         results["fit"][ct] = runs
         print(ct, {name: round(r["seconds"], 4) for name, r in runs.items()}, flush=True)
     results["machine"]["load_average_end"] = list(os.getloadavg())
-    RESULTS.mkdir(exist_ok=True)
-    stem = "bench_gmmhmm_quick" if args.quick else "bench_gmmhmm"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / f"{stem}.md").write_text(markdown(results))
+    if not args.quick:
+        _env.write_results(_env.RESULTS, f"bench_gmmhmm_{_env.backend()}", results,
+                           markdown(results))
     print(markdown(results))
 
 
@@ -200,9 +193,7 @@ def markdown(r):
     vers = ", ".join(f"{k} {v}" for k, v in mach["versions"].items() if v)
     lines = [
         "# GMM-HMM Baum-Welch benchmark (bench_gmmhmm.py)", "",
-        f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['device']}; {vers}. Load "
-        f"average at the start {mach['load_average_start'][0]:.2f}, at the end "
-        f"{mach['load_average_end'][0]:.2f}.", "",
+        _env.machine_line(mach), f"Versions: {vers}.", "",
         f"{p['n_sequences']} sequences x {p['seq_len']} steps, {p['n_features']}-D, "
         f"{p['n_components']} states x {p['n_mix']} Gaussian components, {p['n_iter']} EM "
         "iterations from the same starting parameters on the same data; jaxem in float32, "

@@ -12,41 +12,21 @@ Writes ``benchmarks/results/bench_hmm.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata as md
-import json
-import os
-import platform
 import time
 import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import _env
 import jaxem
 from jaxem.families.hmm import HMMParams, hmm, pad_sequences
 
-RESULTS = Path(__file__).parent / "results"
 
 
 def machine():
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("jax", "jaxlib", "numpy", "scikit-learn", "hmmlearn", "dynamax", "scipy"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "device": str(jax.devices()[0]),
-            "python": platform.python_version(), "versions": versions}
+    return dict(_env.machine(), versions=_env.versions(("jax", "jaxlib", "numpy", "scikit-learn", "hmmlearn", "dynamax", "scipy")))
 
 
 def make_problem(n_seq, t, d, k, seed=0):
@@ -212,10 +192,8 @@ def main():
             r["time_over_jaxem"] = r["seconds"] / base
     results["long_sequence_e_step"] = {"seq_len": t_long, "n_components": k, "n_features": d,
                                        **bench_long(t_long, k, d, repeat=3)}
-    RESULTS.mkdir(exist_ok=True)
-    stem = "bench_hmm_quick" if args.quick else "bench_hmm"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / f"{stem}.md").write_text(markdown(results))
+    if not args.quick:  # a smoke test writes nothing
+        _env.write_results(_env.RESULTS, "bench_hmm", results, markdown(results))
     print(markdown(results))
 
 
@@ -224,7 +202,7 @@ def markdown(r):
     vers = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     lines = [
         "# Baum-Welch benchmark (bench_hmm.py)", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; Python {m['python']}; {vers}.",
+        _env.machine_line(m), f"Versions: {vers}.",
         "",
         f"Fit: {p['n_sequences']} sequences x {p['seq_len']} steps, {p['n_features']}-D Gaussian "
         f"emissions ({p['covariance_type']}), {p['n_components']} states, {p['n_iter']} EM "

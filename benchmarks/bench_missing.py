@@ -38,10 +38,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -55,10 +53,9 @@ import jax.numpy as jnp
 
 import jaxem
 import jaxem.batch
-from _env import cpu_model, versions
+import _env
 from jaxem.families import GaussianParams
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PACKAGES = ("jax", "jaxlib", "numpy", "scikit-learn", "pomegranate", "torch", "jaxem")
 TARGET_RATIO = 3.0  # the issue's target: per-iteration time with gaps <= 3x without
 
@@ -250,15 +247,6 @@ def time_calls(fn, repeats: int, warm: bool):
     return first, times, cpu, out, extras
 
 
-def machine() -> dict:
-    mem = ""
-    with contextlib.suppress(OSError):
-        mem = Path("/proc/meminfo").read_text().splitlines()[0]
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "memory": mem, "jax_devices": [str(d) for d in jax.devices()],
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
-
-
 def plan_rows(quick: bool) -> list[tuple[str, str, str, int | None]]:
     """``(row name, kind, data, chunk_size)`` in the order they run."""
     small = 256 if quick else 1024  # quick: a small chunk still exercises the chunked scan
@@ -396,7 +384,7 @@ def run(args) -> dict:
     if gaps is not None and "per_iter_over_complete" in gaps:
         target.update(ratio=gaps["per_iter_over_complete"],
                       met=bool(gaps["per_iter_over_complete"] <= TARGET_RATIO))
-    meta = dict(workload=w, data=data, machine=machine(), versions=versions(PACKAGES),
+    meta = dict(workload=w, data=data, machine=_env.machine(), versions=_env.versions(PACKAGES),
                 repeats=args.repeats, peer_repeats=args.peer_repeats, quick=args.quick,
                 stall_s=args.stall_s, row_timeout_s=args.row_timeout_s, target=target)
     meta["machine"]["load_average_start"] = load_start
@@ -412,15 +400,13 @@ def markdown(res: dict) -> str:
     m, v, w, t = (res["meta"][k] for k in ("machine", "versions", "workload", "target"))
     data = res["meta"]["data"]
     lines = [
-        "# Gaussian-mixture EM with missing values on CPU",
+        f"# Gaussian-mixture EM with missing values on {m.get('backend', 'cpu').upper()}",
         "",
         f"Workload: {w['name']}: N={w['n']:,}, D={w['d']}, K={w['k']}, full covariances; "
         f"{data['missing_fraction']:.1%} of the entries missing completely at random "
         f"({data['incomplete_rows_fraction']:.1%} of the rows incomplete).",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores ({m['platform']}); load average "
-        f"{m['load_average_start'][0]:.1f} at the start, {m['load_average_end'][0]:.1f} at the "
-        "end.",
+        _env.machine_line(m),
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
         "",
         "One set of explicit starting parameters, a fixed number of EM iterations (checked), "
@@ -491,19 +477,14 @@ def main(argv=None):
                    help="stop a row after this long, default 3600")
     p.add_argument("--skip", nargs="*", default=[],
                    help="leave out the rows whose name contains any of these words")
-    p.add_argument("--out", type=Path, default=RESULTS,
-                   help="folder for missing_cpu.json and missing_cpu.md (not with --quick)")
+    p.add_argument("--out", type=Path, default=_env.RESULTS,
+                   help="folder for missing_<backend>.json and .md (not with --quick)")
     args = p.parse_args(argv)
     res = run(args)
     md = markdown(res)
     print(md)
     if not args.quick:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "missing_cpu.json").write_text(json.dumps(res, indent=1))
-        (args.out / "missing_cpu.md").write_text(md)
-        print(f"wrote {args.out / 'missing_cpu.json'} and {args.out / 'missing_cpu.md'}",
-              file=sys.stderr)
-
+        _env.write_results(args.out, f"missing_{_env.backend()}", res, md)
 
 if __name__ == "__main__":
     main()

@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.metadata
 import json
-import os
-import platform
-from pathlib import Path
 
 import jax
 import numpy as np
 import optax
 
+import _env
 import jaxem
 
-RESULTS = Path(__file__).parent / "results"
 SGD_MOMENTUM = functools.partial(optax.sgd, momentum=0.9)
 FACTORIES = {"sgd": optax.sgd, "sgd+momentum": SGD_MOMENTUM, "adam": optax.adam}
 LBFGS = optax.lbfgs()
@@ -59,16 +55,7 @@ def workload(name: str, key, n: int = 2000):
 
 
 def machine():
-    cpu = "unknown"
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    pkgs = ["jax", "jaxlib", "optax", "numpy", "jaxem"]
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "device": str(jax.devices()[0]),
-            "versions": {p: importlib.metadata.version(p) for p in pkgs}}
+    return dict(_env.machine(), versions=_env.versions(("jax", "jaxlib", "optax", "numpy", "jaxem")))
 
 
 def summarise(cmp):
@@ -93,8 +80,7 @@ def summarise(cmp):
 
 def markdown(report):
     out = ["# EM versus gradient ascent\n",
-           f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores "
-           f"(shared with other jobs while measured), {report['machine']['device']}; "
+           _env.machine_line(report["machine"]) + " Versions: "
            + ", ".join(f"{k} {v}" for k, v in report["machine"]["versions"].items()) + ".\n",
            f"Gaussian mixture, full covariances, K=4, D=2, n={report['n_samples']}, "
            f"n_init={report['n_init']} restarts (init {report['init']!r}) shared by all "
@@ -153,9 +139,7 @@ def main():
                             optimizers=methods, repeat=3)
         report["workloads"][wl] = summarise(cmp)
         print(wl, json.dumps(report["workloads"][wl], indent=1), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "em_vs_gradient.json").write_text(json.dumps(report, indent=1))
-    (RESULTS / "em_vs_gradient.md").write_text(markdown(report))
+    _env.write_results(_env.RESULTS, "em_vs_gradient", report, markdown(report))
     print(markdown(report))
 
 
