@@ -183,8 +183,10 @@ def _decode(node, archive):
 def _register_modules():
     """Register the parameter, statistic and result tuples and the family classes of
     the engine modules and of every module in :mod:`jaxem.families`, as
-    ``"<module>.<class>"`` (e.g. ``"gaussian.GaussianParams"``, ``"kmeans.KMeans"``)."""
-    names = ["jaxem.batch", "jaxem.em", "jaxem.compare", "jaxem.hmm_inference"] + [
+    ``"<module>.<class>"`` (e.g. ``"gaussian.GaussianParams"``, ``"kmeans.KMeans"``,
+    ``"select.Selection"``, ``"trim.TrimmedParams"``)."""
+    names = ["jaxem.batch", "jaxem.em", "jaxem.compare", "jaxem.hmm_inference",
+             "jaxem.select", "jaxem.trim"] + [
         f"jaxem.families.{m.name}" for m in pkgutil.iter_modules(jaxem.families.__path__)]
     for name in names:
         module = importlib.import_module(name)

@@ -183,7 +183,7 @@ def _sums_at(family, params, x, weights, chunk_size):
 
 def select_n_components(family, x, *, k_max: int, key: jax.Array, k_min: int = 1,
                         n_init: int = 1, criterion: str = "bic", weights=None,
-                        max_iter: int = 100, tol: float = 1e-3, init: str = "k-means++",
+                        max_iter: int = 100, tol: float = 1e-3, init: str | PyTree = "k-means++",
                         chunk_size: int | None = None) -> Selection:
     """Fit K = ``k_min`` … ``k_max`` components × ``n_init`` restarts in one compiled
     program and pick K by BIC (or AIC).
@@ -195,7 +195,9 @@ def select_n_components(family, x, *, k_max: int, key: jax.Array, k_min: int = 1
       init: how restarts start. With ``"k-means++"`` or ``"random_from_data"`` (the
         default and its neighbour) the first K components of a ``k_max`` start are
         exactly a K-component start (seeds are drawn one after another); other methods
-        start each K from the first K components of a ``k_max`` initialisation.
+        start each K from the first K components of a ``k_max`` initialisation. Starting
+        parameters with ``k_max`` components (``(n_init, k_max, ...)``, as
+        :func:`jaxem.batch.initial_params` returns) are used as given, the same way.
     Returns:
       a :class:`Selection`.
     """

@@ -177,7 +177,8 @@ def test_restarts_run_in_parallel_and_the_best_wins():
 @pytest.mark.parametrize("make, x, lengths, match", [
     (lambda: GaussianHMM(2), np.zeros((10, 1)), [4, 5], "sum to 9"),
     (lambda: GaussianHMM(2), np.zeros((10, 1)), [10, 0], "empty"),
-    (lambda: GaussianHMM(2), np.array([[0.0], [np.nan], [1.0]]), None, "NaN"),
+    (lambda: GaussianHMM(2), np.array([[np.nan], [np.nan], [np.nan]]), None, "NaN"),
+    (lambda: PoissonHMM(2), np.array([[0.0], [np.nan], [1.0]]), None, "NaN"),
     (lambda: GaussianHMM(2), np.array([[0.0], [np.inf], [1.0]]), None, "infinity"),
     (lambda: CategoricalHMM(2, n_features=3), np.array([[0], [3], [1]]), None, "up to 2"),
     (lambda: CategoricalHMM(2), np.array([[0], [-1], [1]]), None, "non-negative"),

@@ -344,7 +344,7 @@ _BAD = [
     (lambda: jaxem.GaussianHMM(2), _G + 1j, None, ValueError, "Complex data not supported"),
     (lambda: jaxem.GaussianHMM(2), np.array([["a", "b"]] * 4), None, ValueError, "X"),
     (lambda: jaxem.GaussianHMM(2), _G[:, 0], None, ValueError, "Expected 2D array"),
-    (lambda: jaxem.GaussianHMM(2), np.where(_G > 1, np.nan, _G), None, ValueError, "NaN"),
+    (lambda: jaxem.GaussianHMM(2), np.full_like(_G, np.nan), None, ValueError, "NaN"),
     (lambda: jaxem.GaussianHMM(2), np.where(_G > 1, np.inf, _G), None, ValueError,
      "infinity"),
     (lambda: jaxem.GaussianHMM(2), np.zeros((0, 2)), None, ValueError, "0 sample"),

@@ -1,14 +1,20 @@
 """Choosing K in one batched program: masked components change nothing about the
-active ones, and the table's BIC/AIC are scikit-learn's."""
+active ones, and the table's BIC/AIC are scikit-learn's; GaussianMixture(n_components="bic")
+is that choice, then the chosen K's fit."""
+import pickle
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.mixture import GaussianMixture as SkGM
+from sklearn.utils._param_validation import InvalidParameterError
 
 import jaxem
 from jaxem import em
-from jaxem.select import Masked, mask, select_n_components
+from jaxem.estimators._base import key_from
+from jaxem.select import Masked, Selection, mask, select_n_components
 
 
 @pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
@@ -86,3 +92,96 @@ def test_bad_arguments(kwargs, words):
     with pytest.raises(ValueError, match=words):
         select_n_components(jaxem.gaussian(), np.ones((10, 2)), key=jax.random.key(0),
                             **kwargs)
+
+
+# -- the estimator option: GaussianMixture(n_components="bic" / "aic") --------------------
+def _fitted(x, *, n_components, **kw):
+    return jaxem.GaussianMixture(n_components, random_state=0, **kw).fit(x)
+
+
+@pytest.mark.parametrize("criterion", ["bic", "aic"])
+def test_estimator_chooses_k_as_select_n_components_does(criterion, make_blobs, x64):
+    x, _ = make_blobs(2, 600, 2, 3, separation=6.0)
+    gm = _fitted(x, n_components=criterion, max_components=5, n_init=2)
+    sel = select_n_components(jaxem.gaussian("full"), x, k_max=5, n_init=2,
+                              key=key_from(0), criterion=criterion, init="kmeans")
+    assert gm.n_components_ == sel.best == 3
+    assert gm.means_.shape == (3, 2) and gm.weights_.shape == (3,)
+    assert isinstance(gm.selection_, Selection)
+    np.testing.assert_array_equal(gm.selection_.n_components, [1, 2, 3, 4, 5])
+    np.testing.assert_allclose(gm.selection_.bic, sel.bic, rtol=1e-10)
+    np.testing.assert_allclose(gm.selection_.aic, sel.aic, rtol=1e-10)
+    assert gm.restarts_.log_likelihood.shape == (2,)  # the chosen K's restarts
+    # scored as a plain 3-component mixture (its bic/aic match the table's entry)
+    np.testing.assert_allclose(gm.bic(x), sel.bic[2], rtol=1e-6)
+    np.testing.assert_allclose(gm.aic(x), sel.aic[2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("ct", ["full", "tied"])
+def test_estimator_fit_is_the_sweeps_fit_of_the_chosen_k(ct, make_blobs, x64):
+    # One restart (no ties between restarts to break): the fitted parameters are the
+    # sweep's for the chosen K, with the default init ("kmeans": a K start is the first
+    # K components of the k_max start, not a K-component k-means).
+    x, _ = make_blobs(0, 200, 2, 3, separation=6.0)
+    gm = _fitted(x, n_components="bic", max_components=5, covariance_type=ct, tol=1e-8)
+    k, p = gm.n_components_, gm.selection_.params
+    assert 1 < k < 5  # some components masked in the sweep's fit of K
+    i = k - 1  # row of K in the table
+    np.testing.assert_allclose(gm.weights_, p.weights[i, :k], rtol=1e-9)
+    np.testing.assert_array_equal(p.weights[i, k:], 0.0)
+    np.testing.assert_allclose(gm.means_, p.means[i, :k], rtol=1e-9, atol=1e-12)
+    chol = p.precisions_cholesky[i] if ct == "tied" else p.precisions_cholesky[i, :k]
+    np.testing.assert_allclose(gm.precisions_cholesky_, chol, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gm.lower_bound_ * len(x), gm.selection_.log_likelihood[i],
+                               rtol=1e-6)  # before / after the last M-step
+
+
+def test_estimator_fit_equals_gaussian_mixture_of_the_chosen_k(make_blobs, x64):
+    # With k-means++ starts the sweep's K starts are GaussianMixture(K)'s own.
+    x, _ = make_blobs(2, 300, 2, 3, separation=6.0)
+    kw = dict(n_init=3, init_params="k-means++", tol=1e-10)
+    gm = _fitted(x, n_components="bic", max_components=5, **kw)
+    plain = _fitted(x, n_components=gm.n_components_, **kw)
+    assert gm.n_components_ == 3 and gm.n_iter_ == plain.n_iter_
+    for name in ("weights_", "means_", "precisions_cholesky_", "covariances_"):
+        np.testing.assert_allclose(getattr(gm, name), getattr(plain, name), rtol=1e-9,
+                                   atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(gm.lower_bounds_, plain.lower_bounds_, rtol=1e-10)
+    np.testing.assert_allclose(gm.restarts_.trace, plain.restarts_.trace, rtol=1e-10)
+    np.testing.assert_array_equal(gm.predict(x), plain.predict(x))
+
+
+def test_estimator_selection_survives_save_load_and_pickle(make_blobs, x64, tmp_path):
+    x, _ = make_blobs(2, 200, 2, 2, separation=6.0)
+    gm = _fitted(x, n_components="aic", max_components=3)
+    gm.save(tmp_path / "m.npz")
+    for back in (jaxem.load(tmp_path / "m.npz"), pickle.loads(pickle.dumps(gm))):
+        assert back.get_params() == gm.get_params() and back.n_components_ == 2
+        assert isinstance(back.selection_, Selection) and back.selection_.best == 2
+        for a, b in zip(jax.tree.leaves(back.selection_), jax.tree.leaves(gm.selection_)):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(back.predict_proba(x), gm.predict_proba(x))
+    # An integer n_components refits without a selection: none is left over.
+    gm.set_params(n_components=2).fit(x)
+    assert not hasattr(gm, "selection_") and gm.n_components_ == 2
+
+
+@pytest.mark.parametrize("kw,y,error,words", [
+    (dict(n_components="BIC"), None, InvalidParameterError,
+     "must be an int in the range [1, inf) or a str among {"),
+    (dict(n_components="bic", max_components=0), None, InvalidParameterError,
+     "'max_components' parameter"),
+    (dict(n_components="bic", trim_threshold=0.1), None, ValueError, "one or the other"),
+    (dict(n_components="aic"), [0, -1] * 10, ValueError, "partial labels"),
+    (dict(n_components="bic", means_init=np.zeros((2, 2))), None, ValueError,
+     "means_init fix"),
+    (dict(n_components="bic", max_iter=0), None, ValueError, "max_iter must be >= 1"),
+])
+def test_estimator_refuses_what_names_components_before_k_is_chosen(kw, y, error, words,
+                                                                   monkeypatch):
+    from jaxem.estimators import gaussian_mixture as gm_module
+    monkeypatch.setattr(gm_module, "fit", None)  # refused before anything compiles
+    monkeypatch.setattr(gm_module, "select_n_components", None)
+    x = np.random.default_rng(0).normal(size=(20, 2))
+    with pytest.raises(error, match=re.escape(words)):
+        jaxem.GaussianMixture(**kw).fit(x, y)

@@ -1,6 +1,10 @@
 """Component trimming (jaxem.trim): after its last trim a trimmed fit is a fit of the
 survivors alone, the trace never decreases between trims, threshold 0 is the plain fit,
-and trims are recorded with the iteration that made them."""
+and trims are recorded with the iteration that made them; GaussianMixture(trim_threshold=...)
+is that fit, compacted to the survivors."""
+import pickle
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +14,7 @@ from sklearn.mixture import GaussianMixture as SkGM
 
 import jaxem
 from jaxem import em
+from jaxem.estimators._base import key_from
 from jaxem.trim import TrimmedParams, history, n_live, start, trimmed
 
 # EM under jit: a test's repeated runs of one shape compile once.
@@ -250,3 +255,90 @@ def test_survivors_and_history_want_one_instance(make_blobs):
         fam.survivors(res.restarts.params)
     with pytest.raises(ValueError, match="one instance"):
         history(res.restarts.params)
+
+
+# -- the estimator option: GaussianMixture(trim_threshold=...) ------------------------------
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # tol=0
+@pytest.mark.parametrize("ct", ["full", "tied"])
+def test_estimator_is_compact_and_equals_a_fresh_fit_of_the_survivors(ct, make_blobs, x64):
+    x, _ = make_blobs(0, 200, 2, 3)
+    n = 40
+    est = jaxem.GaussianMixture(K, covariance_type=ct, trim_threshold=0.1, max_iter=n,
+                                tol=0.0, init_params="random_from_data", random_state=0,
+                                ).fit(x)
+    at = est.trimmed_at_
+    k = int(np.sum(at < 0))
+    assert at.shape == (K,) and 1 <= k < K
+    last = int(at.max())
+    assert last < n - 5
+    # compact: only the survivors, counted as a k-component mixture
+    assert est.n_components_ == k and est.means_.shape == (k, 2)
+    assert est.weights_.shape == (k,) and np.all(est.weights_ > 0.1)
+    sk = SkGM(k, covariance_type=ct)
+    sk.means_ = np.zeros((k, 2))
+    assert est._n_parameters() == sk._n_parameters()
+    # The same start (the estimator's key) trimmed up to its last trim, then the plain
+    # estimator on the survivors from there: the same fit.
+    fam = trimmed(jaxem.gaussian(ct), 0.1)
+    upto = jaxem.fit(fam, x, n_components=K, key=key_from(0), init="random_from_data",
+                     max_iter=last, tol=0.0).params
+    np.testing.assert_array_equal(upto.trimmed_at, at)
+    survivors = fam.survivors(upto)
+    fresh = jaxem.GaussianMixture(
+        k, covariance_type=ct, max_iter=n - last, tol=0.0,
+        weights_init=np.asarray(survivors.weights), means_init=np.asarray(survivors.means),
+        precisions_init=np.asarray(jaxem.gaussian(ct).precisions(survivors))).fit(x)
+    for name in ("weights_", "means_", "precisions_cholesky_", "covariances_",
+                 "precisions_"):
+        np.testing.assert_allclose(getattr(est, name), getattr(fresh, name), rtol=1e-9,
+                                   atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(est.lower_bounds_[last:], fresh.lower_bounds_, rtol=1e-10)
+    np.testing.assert_array_equal(est.predict(x), fresh.predict(x))
+    np.testing.assert_allclose(est.score_samples(x), fresh.score_samples(x), rtol=1e-10)
+    np.testing.assert_allclose(est.bic(x), fresh.bic(x), rtol=1e-10)
+    # every restart's full trimmed parameters are kept
+    assert isinstance(est.restarts_.params, TrimmedParams)
+    assert est.restarts_.params.active.shape == (1, K)
+
+
+def test_estimator_round_trips_and_refits_without_trimming(make_blobs, x64, tmp_path):
+    x, _ = make_blobs(0, 150, 2, 3)
+    est = jaxem.GaussianMixture(6, trim_threshold=0.15, init_params="random_from_data",
+                                random_state=0).fit(x)
+    assert est.n_components_ < 6
+    est.save(tmp_path / "m.npz")
+    for back in (jaxem.load(tmp_path / "m.npz"), pickle.loads(pickle.dumps(est))):
+        assert back.get_params() == est.get_params()
+        np.testing.assert_array_equal(back.trimmed_at_, est.trimmed_at_)
+        assert back.n_components_ == est.n_components_
+        np.testing.assert_array_equal(back.restarts_.params.trimmed_at,
+                                      est.restarts_.params.trimmed_at)
+        np.testing.assert_array_equal(back.predict_proba(x), est.predict_proba(x))
+        np.testing.assert_array_equal(back.score_samples(x), est.score_samples(x))
+    est.set_params(trim_threshold=None).fit(x)  # nothing trimmed, no stale record
+    assert est.n_components_ == 6 and not hasattr(est, "trimmed_at_")
+    est.set_params(trim_threshold=0.15, max_iter=0).fit(x)  # the start: all live
+    assert est.n_components_ == 6 and np.all(est.trimmed_at_ == -1)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1, 1.0, -0.1, 1.5, "x"])
+def test_estimator_threshold_must_be_in_the_open_unit_interval(value, monkeypatch):
+    from jaxem.estimators import gaussian_mixture as gm_module
+    monkeypatch.setattr(gm_module, "fit", None)  # refused before anything compiles
+    x = np.random.default_rng(0).normal(size=(20, 2))
+    with pytest.raises(ValueError, match=re.escape(
+            "'trim_threshold' parameter of GaussianMixture must be a float in the range "
+            "(0.0, 1.0) or None")):
+        jaxem.GaussianMixture(3, trim_threshold=value).fit(x)
+
+
+@pytest.mark.parametrize("y,nan,words", [([0, -1] * 10, False, "partial labels"),
+                                         (None, True, "missing values")])
+def test_estimator_refuses_labels_and_missing_values(y, nan, words, monkeypatch):
+    from jaxem.estimators import gaussian_mixture as gm_module
+    monkeypatch.setattr(gm_module, "fit", None)
+    x = np.random.default_rng(0).normal(size=(20, 2))
+    if nan:
+        x[3, 1] = np.nan
+    with pytest.raises(ValueError, match=words):
+        jaxem.GaussianMixture(3, trim_threshold=0.1).fit(x, y)

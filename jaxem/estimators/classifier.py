@@ -12,7 +12,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from jaxem import persist, rows
-from jaxem.batch import auto_chunk_size, fit
+from jaxem.batch import auto_chunk_size, fit, has_nan
 from jaxem.estimators._base import float_dtype, key_from, sample_weights, to_numpy
 from jaxem.families.gaussian import COVARIANCE_TYPES, GaussianParams, gaussian
 
@@ -31,6 +31,12 @@ class MixtureClassifier(persist.Saveable, ClassifierMixin, BaseEstimator):
     ``means_ (C, K, D)``, ``precisions_cholesky_`` (per class, in
     :class:`~jaxem.GaussianMixture`'s shapes), ``converged_ (C,)``, ``n_iter_ (C,)``,
     ``anomaly_thresholds_ (C,)`` (log-densities), ``n_features_in_``.
+
+    NaN entries of ``X`` are missing values in ``fit`` and every prediction, as in
+    :class:`~jaxem.GaussianMixture`: each class's mixture is fitted by exact EM over the
+    observed entries, and ``p(x | c)`` is the marginal density of the observed features.
+    A row with every value missing is refused. Without NaN, the computation is the
+    complete-data one.
 
     >>> import numpy as np
     >>> from jaxem import MixtureClassifier
@@ -62,9 +68,10 @@ class MixtureClassifier(persist.Saveable, ClassifierMixin, BaseEstimator):
     def fit(self, X, y, sample_weight=None):
         """Fit the class mixtures: ``X (n, D)``, labels ``y (n,)``, ``sample_weight (n,)``."""
         self._check_parameters()
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32],
+                             ensure_all_finite="allow-nan")
         check_classification_targets(y)
-        X = X.astype(float_dtype(), copy=False)
+        X = _refuse_empty_rows(X.astype(float_dtype(), copy=False))
         w = sample_weights(sample_weight, X.shape[0], X.dtype)
         w = np.ones(X.shape[0], X.dtype) if w is None else w
         self.classes_, codes = np.unique(y, return_inverse=True)
@@ -119,20 +126,26 @@ class MixtureClassifier(persist.Saveable, ClassifierMixin, BaseEstimator):
             if p.ndim != 1 or np.any(p < 0) or not np.isclose(p.sum(), 1.0):
                 raise ValueError("priors must be non-negative and sum to 1.")
 
-    def _family(self):
-        return gaussian(self.covariance_type, self.reg_covar)
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN marks a missing entry, fitted by exact EM
+        return tags
+
+    def _family(self, missing=False):
+        return gaussian(self.covariance_type, self.reg_covar, missing)
 
     def _validate(self, X):
         check_is_fitted(self, "classes_")
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        return X.astype(float_dtype(), copy=False)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False,
+                          ensure_all_finite="allow-nan")
+        return _refuse_empty_rows(X.astype(float_dtype(), copy=False))
 
     def _class_log_density(self, X):
-        """``log p(x | c)``: ``(n, C)``."""
+        """``log p(x | c)`` (of the observed features): ``(n, C)``."""
         params = GaussianParams(self.weights_, self.means_, self.precisions_cholesky_)
-        chunk = auto_chunk_size((1,) + X.shape, len(self.classes_), self.n_components,
-                                self._family())
-        return np.asarray(_log_density(self._family(), params, jnp.asarray(X), chunk))
+        family = self._family(missing=has_nan(X))
+        chunk = auto_chunk_size((1,) + X.shape, len(self.classes_), self.n_components, family)
+        return np.asarray(_log_density(family, params, jnp.asarray(X), chunk))
 
     def _joint(self, X):
         if len(self.class_prior_) != len(self.classes_):
@@ -187,6 +200,15 @@ def _log_density(family, params, x, chunk_size):
                              x, chunk_size)
 
     return jax.vmap(per_class, out_axes=1)(params)
+
+
+def _refuse_empty_rows(X):
+    """``X``, or a ValueError naming a row with every value missing (NaN)."""
+    empty = np.flatnonzero(np.all(np.isnan(X), axis=1)) if has_nan(X) else []
+    if len(empty):
+        raise ValueError(f"X row {int(empty[0])} has every value missing (NaN): it has no "
+                         "likelihood to classify by; drop it.")
+    return X
 
 
 def _weighted_quantile(values, weights, q):

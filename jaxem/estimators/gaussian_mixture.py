@@ -23,6 +23,8 @@ from jaxem.families import gaussian_missing
 from jaxem.families.gaussian import COVARIANCE_TYPES, GaussianParams, gaussian
 from jaxem.init import INIT_METHODS
 from jaxem.persist import Saveable
+from jaxem.select import select_n_components
+from jaxem.trim import start as trim_start, trimmed
 
 # scikit-learn's advice when a covariance is singular: the same words, so code that
 # matches them keeps working.
@@ -50,6 +52,26 @@ class GaussianMixture(Saveable, MixtureMixin, DensityMixin, BaseEstimator):
     EM, see :meth:`fit`); NaN entries of ``X`` are missing values, fitted by exact EM
     and filled in by :meth:`impute`.
 
+    Two options size the model while fitting:
+
+    - ``n_components="bic"`` (or ``"aic"``): ``fit`` fits K = 1 … ``max_components``
+      (at most ``n_samples``) × ``n_init`` restarts in one compiled program
+      (:func:`jaxem.select_n_components`, with this estimator's ``covariance_type``,
+      ``init_params``, ``n_init``, ``max_iter``, ``tol``, ``reg_covar``,
+      ``random_state``, ``chunk_size``) and keeps the K with the lowest criterion: the
+      fitted model is that K's fit, ``n_components_`` is K and ``selection_`` the
+      :class:`jaxem.select.Selection` table (log-likelihood, BIC, AIC per K).
+    - ``trim_threshold`` in ``(0, 1)``: a component whose mixing weight falls below it
+      during EM is dropped (:func:`jaxem.trimmed`); the fitted attributes hold the
+      ``n_components_`` survivors only, and ``trimmed_at_ (n_components,)`` the
+      iteration whose M-step dropped each starting component (-1 for a survivor);
+      ``restarts_.params`` keeps every restart's :class:`jaxem.trim.TrimmedParams`.
+
+    Neither takes partial labels, nor (``"bic"``/``"aic"``) ``*_init`` parameters: they
+    name components before their number is known. A warm start continues the fitted
+    model (its ``n_components_``, no new selection). ``n_components_`` is set by every
+    fit.
+
     >>> from jaxem import GaussianMixture
     >>> from jaxem.datasets import load_faithful
     >>> gm = GaussianMixture(n_components=2, n_init=8, random_state=0).fit(load_faithful())
@@ -60,7 +82,8 @@ class GaussianMixture(Saveable, MixtureMixin, DensityMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "n_components": [Interval(Integral, 1, None, closed="left"),
+                         StrOptions({"bic", "aic"})],
         "covariance_type": [StrOptions(set(COVARIANCE_TYPES))],
         "tol": [Interval(Real, 0.0, None, closed="left")],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
@@ -76,12 +99,15 @@ class GaussianMixture(Saveable, MixtureMixin, DensityMixin, BaseEstimator):
         "verbose_interval": [Interval(Integral, 1, None, closed="left")],
         "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
         "devices": "no_validation",  # checked by jaxem.batch, with its own message
+        "max_components": [Interval(Integral, 1, None, closed="left")],
+        "trim_threshold": [Interval(Real, 0.0, 1.0, closed="neither"), None],
     }
 
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
                  max_iter=100, n_init=1, init_params="kmeans", weights_init=None,
                  means_init=None, precisions_init=None, random_state=None, warm_start=False,
-                 verbose=0, verbose_interval=10, chunk_size=None, devices=None):
+                 verbose=0, verbose_interval=10, chunk_size=None, devices=None,
+                 max_components=10, trim_threshold=None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -98,6 +124,8 @@ class GaussianMixture(Saveable, MixtureMixin, DensityMixin, BaseEstimator):
         self.verbose_interval = verbose_interval
         self.chunk_size = chunk_size
         self.devices = devices
+        self.max_components = max_components
+        self.trim_threshold = trim_threshold
 
     # -- fitting (fit, fit_predict: MixtureMixin) ----------------------------------------
     def _fit(self, X, y, sample_weight):
@@ -108,34 +136,55 @@ class GaussianMixture(Saveable, MixtureMixin, DensityMixin, BaseEstimator):
                           ensure_all_finite="allow-nan")
         X = X.astype(float_dtype(), copy=False)
         n, d = X.shape
-        if n < self.n_components:
+        choose = isinstance(self.n_components, str)  # "bic" / "aic": K chosen below
+        trim = self.trim_threshold is not None
+        warm = self.warm_start and hasattr(self, "converged_")
+        missing = has_nan(X)
+        self._check_sizing(y, warm, missing)
+        if not choose and n < self.n_components:
             raise ValueError(f"Expected n_samples >= n_components but got "
                              f"n_components = {self.n_components}, n_samples = {n}.")
-        given = self._check_initial_parameters(d)
-        labels = partial_labels(y, n, self.n_components)
+        given = {} if choose else self._check_initial_parameters(d)
+        labels = None if choose else partial_labels(y, n, self.n_components)
         w = sample_weights(sample_weight, n, X.dtype)
-        family = self._family(missing=has_nan(X))
+        family = self._family(missing=missing)
         key = key_from(self.random_state)
-        warm = self.warm_start and hasattr(self, "converged_")
+        selection = getattr(self, "selection_", None) if warm and choose else None
         if warm:
             n_init, init = 1, self._params()
+        elif choose:
+            # The fit is a refit of the chosen K from the sweep's own starts for K (the
+            # first K components of each restart's start): a masked fit equals the plain
+            # K-component fit from the same start (tests/test_select.py), so this is the
+            # sweep's fit of K, with what the sweep does not keep (every restart's trace,
+            # n_iter_, converged_) and the usual failure handling, for n_init K-component
+            # fits more. With init_params "k-means++" or "random_from_data" these starts
+            # are GaussianMixture(K)'s own, so the fit equals that estimator's.
+            selection, init = self._select(family, X, w, key)
+            n_init = self.n_init
         else:
             n_init, init = self.n_init, self._initial_params(family, key, X, w, given, labels)
+        k = self.n_components if isinstance(init, str) else np.shape(init.weights)[-1]
+        # Trimming: the same start, every component live; the fit keeps the survivors.
+        run_family = trimmed(family, self.trim_threshold) if trim else family
+        run_init = trim_start(init) if trim and not isinstance(init, str) else init
         if self.max_iter == 0:  # as scikit-learn: the initialisation, no EM step
             self._set_result(family, self._first(family, init, X, key, n_init, w, labels),
-                             None)
+                             None, trimmed_at=np.full(k, -1, np.int32) if trim else None)
             return X, labels
         start = time.perf_counter()
         previous = self.lower_bound_ if warm else -np.inf
-        result = self._run(family, X, key, n_init, w, init, self.max_iter, labels)
+        result = self._run(run_family, X, key, n_init, w, run_init, self.max_iter, labels, k)
         if abs(result.trace[0] - previous) < self.tol:
             # scikit-learn compares a warm start's first lower bound with the last fit's
             # and stops after that one iteration (the engine starts from -inf): redo it.
             if self.max_iter > 1:
-                result = self._run(family, X, key, n_init, w, init, 1, labels)
+                result = self._run(run_family, X, key, n_init, w, run_init, 1, labels, k)
             result = result._replace(converged=np.bool_(True), restarts=result.restarts
                                      ._replace(converged=np.ones(1, bool)))
-        self._set_result(family, result.params, result)
+        params = run_family.survivors(result.params) if trim else result.params
+        self._set_result(family, params, result, selection,
+                         result.params.trimmed_at if trim else None)
         if self.verbose:
             self._report(result, previous, time.perf_counter() - start)
         if not self.converged_:
@@ -146,10 +195,52 @@ class GaussianMixture(Saveable, MixtureMixin, DensityMixin, BaseEstimator):
             )
         return X, labels
 
-    def _run(self, family, X, key, n_init, w, init, max_iter, labels=None):
+    def _check_sizing(self, y, warm, missing):
+        """What ``n_components="bic"``/``"aic"`` and ``trim_threshold`` rule out: anything
+        that names components before their number is known, and missing values (their
+        masked families have no missing-value E-step)."""
+        choose, trim = isinstance(self.n_components, str), self.trim_threshold is not None
+        if choose and trim:
+            raise ValueError(f"n_components={self.n_components!r} chooses K from untrimmed "
+                             "fits and trim_threshold trims one: use one or the other.")
+        option = f"n_components={self.n_components!r}" if choose else "trim_threshold"
+        if (choose or trim) and y is not None:
+            raise ValueError(f"partial labels (y) name components, but {option} changes "
+                             "their number: fit without y, or with an integer n_components.")
+        if (choose or trim) and missing:
+            raise ValueError(f"X has missing values (NaN), which {option} does not fit: "
+                             "impute them first (GaussianMixture(k).fit(X).impute(X)) or "
+                             "drop those rows.")
+        if choose and not warm:
+            given = [f"{name}_init" for name in ("weights", "means", "precisions")
+                     if getattr(self, f"{name}_init") is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} fix(es) the number of components; "
+                                 f"{option} chooses it: pass an integer n_components.")
+            if self.max_iter == 0:
+                raise ValueError(f"{option} compares fitted models: max_iter must be >= 1.")
+
+    def _select(self, family, X, w, key):
+        """K by BIC/AIC over K = 1 … ``max_components`` (:func:`jaxem.select_n_components`):
+        ``(selection, starts)``, ``starts`` the sweep's ``(n_init, K, ...)`` starting
+        parameters of the chosen K."""
+        k_max = min(self.max_components, X.shape[0])
+        starts = initial_params(family, X, n_components=k_max, key=key, n_init=self.n_init,
+                                weights=w, init=self.init_params)
+        try:
+            selection = select_n_components(
+                family, X, k_max=k_max, key=key, n_init=self.n_init,
+                criterion=self.n_components, weights=w, max_iter=self.max_iter,
+                tol=self.tol, init=starts, chunk_size=self.chunk_size)
+        except FitError:
+            raise FitError(_failure_message(X)) from None
+        return selection, _first_components(starts, int(selection.best),
+                                            self.covariance_type)
+
+    def _run(self, family, X, key, n_init, w, init, max_iter, labels, n_components):
         """The engine's fit, as NumPy; a failure raises with its diagnosed cause."""
         try:
-            result = fit(family, X, n_components=self.n_components, key=key, n_init=n_init,
+            result = fit(family, X, n_components=n_components, key=key, n_init=n_init,
                          weights=w, max_iter=max_iter, tol=self.tol, init=init,
                          chunk_size=self.chunk_size, devices=self.devices, labels=labels,
                          # verbose: a live bar too, where tqdm is installed
@@ -158,12 +249,19 @@ class GaussianMixture(Saveable, MixtureMixin, DensityMixin, BaseEstimator):
             raise FitError(_failure_message(X)) from None
         return to_numpy(result)
 
-    def _set_result(self, family, params, result):
-        """Store the fitted attributes; ``result`` is ``None`` for ``max_iter=0``."""
+    def _set_result(self, family, params, result, selection=None, trimmed_at=None):
+        """Store the fitted attributes; ``result`` is ``None`` for ``max_iter=0``;
+        ``selection_`` and ``trimmed_at_`` only where given (else removed)."""
         params = GaussianParams(*to_numpy(params))
         self.weights_, self.means_, self.precisions_cholesky_ = params
         self.covariances_ = np.asarray(family.covariances(params))
         self.precisions_ = np.asarray(family.precisions(params))
+        self.n_components_ = self.weights_.shape[0]
+        for name, value in (("selection_", selection), ("trimmed_at_", trimmed_at)):
+            if value is None:
+                self.__dict__.pop(name, None)
+            else:
+                setattr(self, name, to_numpy(value))
         if result is None:
             self.converged_, self.n_iter_ = False, 0
             self.lower_bound_, self.lower_bounds_ = -np.inf, []
@@ -417,6 +515,15 @@ def _failure_message(X) -> str:
         return (_ILL_DEFINED + " The numerical accuracy can also be improved by passing "
                 "float64 data instead of float32 (with JAX's x64 mode on).")
     return _ILL_DEFINED
+
+
+def _first_components(params, k, covariance_type) -> GaussianParams:
+    """The first ``k`` components of starts ``(n_init, k_max, ...)``, weights
+    renormalised: what :func:`jaxem.select_n_components` masks them to for K = ``k``."""
+    w = params.weights[:, :k]
+    chol = params.precisions_cholesky
+    return GaussianParams(w / jnp.sum(w, axis=1, keepdims=True), params.means[:, :k],
+                          chol if covariance_type == "tied" else chol[:, :k])
 
 
 def _tile(a, n_init, dtype):

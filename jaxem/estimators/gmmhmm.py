@@ -43,7 +43,7 @@ import numpy as np
 from scipy import linalg
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from jaxem.estimators.hmm import _array, _BaseHMM, _check_float_X, _probabilities
+from jaxem.estimators.hmm import _array, _BaseHMM, _check_float_X, _observed_mean, _probabilities
 from jaxem.families.gmm_emission import GMMEmission, GMMEmissionParams, default_covars_priors
 from jaxem.families.hmm import HMM
 
@@ -57,7 +57,9 @@ class GMMHMM(_BaseHMM):
     ``means_prior``/``means_weight``, ``covars_prior``/``covars_weight``: scalars or
     arrays that broadcast to hmmlearn's shapes; ``None``: hmmlearn's defaults for the
     ``covariance_type``), plus jaxem's ``n_init`` (restarts run in parallel) and
-    ``parallel`` (an ``O(log T)``-depth forward-backward).
+    ``parallel`` (an ``O(log T)``-depth forward-backward). NaN entries of ``X`` are
+    missing values, as in :class:`~jaxem.GaussianHMM` (each state's mixture by exact EM
+    over the observed features; a step with every value missing has log-density 0).
     """
 
     _emission = "gmm"
@@ -105,11 +107,11 @@ class GMMHMM(_BaseHMM):
 
     # -- the family ---------------------------------------------------------------------
     def _check_X(self, X, n_features):
-        return _check_float_X(X, "GMMHMM", n_features)
+        return _check_float_X(X, "GMMHMM", n_features, allow_nan=True)
 
     def _centre(self, X):
         # Fit centred data (float32 accuracy far from the origin); the means prior moves too.
-        return X.mean(axis=0)
+        return _observed_mean(X)
 
     def _priors(self):
         """hmmlearn's priors broadcast to its shapes (its ``_fix_priors_shape``), float64,

@@ -50,6 +50,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from jaxem.batch import fit as _engine_fit
+from jaxem.batch import has_nan, with_missing
 from jaxem.estimators._base import float_dtype, key_from
 from jaxem.families.emissions import (
     CategoricalEmissionParams,
@@ -316,7 +317,7 @@ class _BaseHMM(Saveable, BaseEstimator):
         dtype = float_dtype()
         self._shift = self._centre(X).astype(dtype)
         x, w, lengths = self._padded(X, lengths, dtype)
-        return x, w, X.size, self._family(int(lengths.max()), dtype), dtype
+        return x, w, X.size, with_missing(self._family(int(lengths.max()), dtype), x), dtype
 
     def _n_features_for_fit(self, X):
         return X.shape[1]
@@ -371,7 +372,7 @@ class _BaseHMM(Saveable, BaseEstimator):
         X = self._check_X(X, self.n_features)
         dtype = float_dtype()
         x, w, lengths = self._padded(X, lengths, dtype)
-        family = self._family(int(lengths.max()), dtype)
+        family = with_missing(self._family(int(lengths.max()), dtype), x)
         params = self._params_from(given, dtype)
         return family, params, jnp.asarray(x), jnp.asarray(w), lengths
 
@@ -459,9 +460,11 @@ class _BaseHMM(Saveable, BaseEstimator):
         return x
 
 
-def _check_float_X(X, name, n_features):
+def _check_float_X(X, name, n_features, allow_nan=False):
+    """``X`` as a float array (``allow_nan``: NaN marks a missing entry; never inf)."""
     try:
-        X = check_array(X, dtype=[np.float64, np.float32], input_name="X", estimator=name)
+        X = check_array(X, dtype=[np.float64, np.float32], input_name="X", estimator=name,
+                        ensure_all_finite="allow-nan" if allow_nan else True)
     except ValueError as err:
         if "could not convert" not in str(err):
             raise
@@ -472,8 +475,29 @@ def _check_float_X(X, name, n_features):
     return X
 
 
+def _observed_mean(X):
+    """The mean of each feature over the rows where it is observed (not NaN): ``(D,)``."""
+    if not has_nan(X):
+        return X.mean(axis=0)
+    empty = np.flatnonzero(np.all(np.isnan(X), axis=0))
+    if empty.size:
+        raise ValueError(f"X column(s) {empty.tolist()} have every value missing (NaN): "
+                         "there is nothing to fit them from; drop them.")
+    return np.nanmean(X, axis=0)
+
+
 class GaussianHMM(_BaseHMM):
-    """Hidden Markov model with Gaussian emissions (hmmlearn's ``GaussianHMM``)."""
+    """Hidden Markov model with Gaussian emissions (hmmlearn's ``GaussianHMM``).
+
+    NaN entries of ``X`` are missing values (hmmlearn rejects them), in ``fit``,
+    ``score``, ``score_samples``, ``predict``, ``predict_proba`` and ``decode``, for every
+    ``covariance_type``: a step's emission log-density is the marginal density of its
+    observed features, and the M-step uses their expected sufficient statistics (the
+    conditional mean and covariance of the missing features given the observed ones,
+    weighted by the state posteriors), exact EM as :class:`~jaxem.GaussianMixture`'s. A
+    step with every value missing has emission log-density 0: it is uninformative and
+    the chain passes through it. Without NaN, the computation is the complete-data one.
+    """
 
     _emission = "gaussian"
     _attributes = {"s": "startprob_", "t": "transmat_", "m": "means_", "c": "covars_"}
@@ -513,11 +537,11 @@ class GaussianHMM(_BaseHMM):
         self.parallel = parallel
 
     def _check_X(self, X, n_features):
-        return _check_float_X(X, "GaussianHMM", n_features)
+        return _check_float_X(X, "GaussianHMM", n_features, allow_nan=True)
 
     def _centre(self, X):
         # Fit centred data (float32 accuracy far from the origin); the means prior moves too.
-        return X.mean(axis=0)
+        return _observed_mean(X)
 
     def _emission_kwargs(self):
         shift = getattr(self, "_shift", 0.0)

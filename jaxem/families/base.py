@@ -88,7 +88,8 @@ class Family:
     * ``has_init``: the family has ``init(key, x, weights, n_components, method)``;
       otherwise :func:`jaxem.initialize` starts it from responsibilities.
     * ``supports_missing``: NaN entries are missing values; the family has a static
-      ``missing`` switch the engine turns on when the data have NaN.
+      ``missing`` switch, and :meth:`with_missing` sets it (the engine turns it on when
+      the data have NaN; a family that wraps another, an HMM, passes it on).
     * ``gemm_rows``: the E-step is matrix multiplies over rows (chunks sized for that).
 
     Optional methods: :meth:`log_prior`; ``sample(key, params, n)``,
@@ -106,6 +107,11 @@ class Family:
         """``log p(params)`` up to a constant: the objective EM increases is the
         log-likelihood plus this (MAP). 0 for maximum likelihood."""
         return jnp.zeros((), jax.tree.leaves(params)[0].dtype)
+
+    def with_missing(self, missing: bool = True):
+        """This family with its static ``missing`` switch set (a family that declares
+        ``supports_missing``)."""
+        return dataclasses.replace(self, missing=missing)
 
 
 def capability(fam, name: str):

@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxem.families.base import capability, family, log_prior
+from jaxem.families import gaussian_missing
+from jaxem.families.base import Family, capability, family, log_prior
 from jaxem.families.gaussian import COVARIANCE_TYPES, Gaussian, GaussianParams
 from jaxem.init import initial_resp, initialize
 
@@ -36,14 +37,19 @@ class GaussianEmissionParams(NamedTuple):
     precisions_cholesky: Array  # as jaxem.families.gaussian (scikit-learn's storage)
 
 
-@family(static=("covariance_type",))
-class GaussianEmission:
+@family(static=("covariance_type", "missing"))
+class GaussianEmission(Family):
     """Gaussian emissions; the priors are hmmlearn's ``GaussianHMM`` ones (same defaults).
 
     ``means_prior``/``means_weight``: Normal prior on the means; ``covars_prior``/
     ``covars_weight``: (inverse-)Wishart/Gamma prior on the covariances, used exactly as
     hmmlearn uses them (``covars_prior`` is *added to every entry* of a full covariance
     numerator). ``min_covar`` is added to the diagonal of the starting covariance.
+
+    ``missing`` (static; the engine sets it when ``x`` has NaN): NaN entries are missing
+    values, by the Gaussian family's exact EM (:mod:`jaxem.families.gaussian_missing`):
+    a step's density is the marginal of its observed features (1, i.e. log-density 0,
+    when none is), and the statistics are the expected ones given the observed features.
     """
 
     covariance_type: str = "diag"
@@ -52,8 +58,10 @@ class GaussianEmission:
     covars_prior: float | Array = 1e-2
     covars_weight: float | Array = 1.0
     min_covar: float | Array = 1e-3
+    missing: bool = False
 
     letters = "mc"
+    supports_missing = True  # declared capabilities (see jaxem.families.base.Family)
 
     def __post_init__(self):
         if self.covariance_type not in COVARIANCE_TYPES:
@@ -62,7 +70,7 @@ class GaussianEmission:
 
     @property
     def _gaussian(self) -> Gaussian:
-        return Gaussian(self.covariance_type)
+        return Gaussian(self.covariance_type, missing=self.missing)
 
     def log_likelihoods(self, params: GaussianEmissionParams, x: Array) -> Array:
         k = params.means.shape[0]
@@ -127,9 +135,12 @@ class GaussianEmission:
 
     def init(self, key, x, weights, n_components, method="kmeans"):
         """Means from ``method`` (k-means by default, as hmmlearn); every covariance the
-        weighted data covariance plus ``min_covar`` (hmmlearn's start)."""
+        weighted data covariance plus ``min_covar`` (hmmlearn's start). With ``missing``,
+        from ``x`` with each missing entry at its feature's observed mean."""
+        if self.missing:
+            x = gaussian_missing.fill_means(x, weights)
         resp = initial_resp(key, x, weights, n_components, method) * weights[:, None]
-        s = self._gaussian.stats(x, resp)
+        s = Gaussian(self.covariance_type).stats(x, resp)
         means = s.sum_x / jnp.maximum(s.counts, 1e-10)[:, None]
         w = weights / jnp.sum(weights)
         xc = x - w @ x
@@ -254,19 +265,31 @@ class PoissonEmission:
 
 # -- any mixture family ------------------------------------------------------------------------
 @family
-class MixtureEmission:
+class MixtureEmission(Family):
     """A mixture family's component density as an HMM emission: the same family object
     (e.g. :func:`jaxem.bernoulli`, :func:`jaxem.categorical`, :func:`jaxem.poisson`,
     :func:`jaxem.gaussian`) serves a mixture and, wrapped here, an HMM.
 
     Its params are the family's, with every mixing weight 1 (``log 1 = 0``, so the
     family's ``log_joint`` is the per-state density); its statistics, M-step (with the
-    family's prior, letter ``e``) and ``log_prior`` are the family's own.
+    family's prior, letter ``e``) and ``log_prior`` are the family's own, and so is its
+    handling of missing values (``supports_missing``, ``missing``: the Gaussians').
     """
 
     base: Any
 
     letters = "e"
+
+    @property
+    def supports_missing(self) -> bool:
+        return capability(self.base, "supports_missing")
+
+    @property
+    def missing(self) -> bool:
+        return capability(self.base, "missing")
+
+    def with_missing(self, missing: bool = True) -> "MixtureEmission":
+        return MixtureEmission(self.base.with_missing(missing))
 
     @staticmethod
     def _unit_weights(params):
@@ -287,10 +310,13 @@ class MixtureEmission:
         return log_prior(self.base, params)
 
     def init(self, key, x, weights, n_components, method="kmeans"):
-        if capability(self.base, "has_init"):
-            params = self.base.init(key, x, weights, n_components, method)
+        base = self.base
+        if self.missing:  # start from rows with each missing entry at its feature's mean
+            base, x = base.with_missing(False), gaussian_missing.fill_means(x, weights)
+        if capability(base, "has_init"):
+            params = base.init(key, x, weights, n_components, method)
         else:
-            params = initialize(self.base, key, x, weights, n_components, method or "kmeans")
+            params = initialize(base, key, x, weights, n_components, method or "kmeans")
         return self._unit_weights(params)
 
     def sample(self, key, params, states: Array) -> Array:

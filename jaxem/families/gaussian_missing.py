@@ -69,6 +69,16 @@ def _mask(x):
     return observed.astype(x.dtype), jnp.where(observed, x, 0.0)
 
 
+def fill_means(x, weights):
+    """``x (n, D)`` with each missing entry replaced by its feature's mean over the rows
+    where it is observed, weighted by ``weights (n,)`` (0 for a feature never observed):
+    complete rows for a starting point (an HMM emission's ``init``), not for EM."""
+    o, x0 = _mask(x)
+    total = jnp.matmul(weights, o * x0, precision=_HIGHEST)
+    count = jnp.matmul(weights, o, precision=_HIGHEST)
+    return jnp.where(o > 0, x0, total / jnp.maximum(count, jnp.finfo(x.dtype).tiny))
+
+
 def _conditional(family, params, x):
     """Per row and component: ``delta (n, K, D)`` = expected ``x - mu_k`` (observed
     differences, conditional means of the missing), the conditional covariance of the

@@ -42,7 +42,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxem.families.base import family
+from jaxem.families import gaussian_missing
+from jaxem.families.base import Family, family
 from jaxem.families.gaussian import COVARIANCE_TYPES, Gaussian, GaussianParams, GaussianStats
 from jaxem.init import initial_resp
 
@@ -75,8 +76,8 @@ def default_covars_priors(covariance_type: str, n_mix: int, n_features: int):
             "diag": (-1.5, 0.0), "spherical": (-(m + 2.0) / 2.0, 0.0)}[covariance_type]
 
 
-@family(static=("n_mix", "covariance_type"))
-class GMMEmission:
+@family(static=("n_mix", "covariance_type", "missing"))
+class GMMEmission(Family):
     """Gaussian-mixture emissions with hmmlearn's ``GMMHMM`` priors (same defaults).
 
     Args:
@@ -90,6 +91,10 @@ class GMMEmission:
         (:func:`default_covars_priors`).
       min_covar: added to the diagonal of the starting covariance, and to a covariance
         the M-step leaves singular (hmmlearn adds it only when evaluating a density).
+      missing: NaN entries are missing values (static; the engine sets it when ``x`` has
+        NaN): each state's mixture is then the Gaussian family's exact EM over the
+        observed features (:mod:`jaxem.families.gaussian_missing`); a step with none
+        observed has log-density 0 in every state.
 
     The priors and ``min_covar`` are traced: changing them does not recompile.
     """
@@ -102,8 +107,10 @@ class GMMEmission:
     covars_prior: float | Array | None = None
     covars_weight: float | Array | None = None
     min_covar: float | Array = 1e-3
+    missing: bool = False
 
     letters = "wmc"  # hmmlearn's params letters: weights, means, covariances
+    supports_missing = True  # declared capabilities (see jaxem.families.base.Family)
 
     def __post_init__(self):
         if self.covariance_type not in COVARIANCE_TYPES:
@@ -116,7 +123,7 @@ class GMMEmission:
     @property
     def _gaussian(self) -> Gaussian:
         """One state's mixture: a Gaussian family with ``M`` components."""
-        return Gaussian(self.covariance_type)
+        return Gaussian(self.covariance_type, missing=self.missing)
 
     @staticmethod
     def _per_state(params: GMMEmissionParams) -> GaussianParams:
@@ -270,7 +277,10 @@ class GMMEmission:
         a cluster with fewer than ``M`` rows (or a sub-cluster left empty) gets means
         drawn from ``N(mean of the K centres, data covariance)``. Weights ``1 / M``;
         every covariance the weighted data covariance plus ``min_covar`` (spherical: the
-        mean of its entries, as hmmlearn). ``x (n, D)``, ``weights (n,)``."""
+        mean of its entries, as hmmlearn). ``x (n, D)``, ``weights (n,)``; with
+        ``missing``, each missing entry at its feature's observed mean."""
+        if self.missing:
+            x = gaussian_missing.fill_means(x, weights)
         k, m, d = n_components, self.n_mix, x.shape[1]
         k_state, k_mix, k_draw = jax.random.split(key, 3)
         tiny = jnp.finfo(x.dtype).tiny

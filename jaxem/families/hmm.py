@@ -29,6 +29,7 @@ to get hmmlearn's ``score`` (the total over sequences).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxem import hmm_inference
-from jaxem.families.base import Family, MixtureFamily, family, log_prior
+from jaxem.families.base import Family, MixtureFamily, capability, family, log_prior
 from jaxem.families.gmm_emission import GMMEmission
 from jaxem.families.emissions import (CategoricalEmission, GaussianEmission, MixtureEmission,
                                      PoissonEmission)
@@ -72,6 +73,13 @@ class HMM(Family):
         (``mc`` Gaussian, ``e`` categorical, ``l`` Poisson).
       startprob_prior, transmat_prior: Dirichlet concentrations (MAP when > 1), hmmlearn's.
       parallel: use the ``associative_scan`` forward-backward (depth ``O(log T)``).
+
+    **Missing values.** With an emission that supports them (Gaussian, Gaussian-mixture,
+    a wrapped :func:`jaxem.gaussian`), NaN entries of ``x`` are missing values, fitted by
+    exact EM (:func:`jaxem.fit` turns the emission's ``missing`` switch on when ``x`` has
+    NaN): a step's emission log-density is the marginal over its observed features, and
+    a step with every feature missing has log-density 0 in every state (uninformative:
+    the chain passes through it).
     """
 
     emission: Any
@@ -83,6 +91,19 @@ class HMM(Family):
 
     has_e_step = True  # declared capabilities (see jaxem.families.base.Family)
     has_init = True
+
+    @property
+    def supports_missing(self) -> bool:
+        """The emission's capability (see the class docstring)."""
+        return capability(self.emission, "supports_missing")
+
+    @property
+    def missing(self) -> bool:
+        """The emission's static ``missing`` switch."""
+        return capability(self.emission, "missing")
+
+    def with_missing(self, missing: bool = True) -> "HMM":
+        return dataclasses.replace(self, emission=self.emission.with_missing(missing))
 
     # -- layout ---------------------------------------------------------------------------
     def sequences(self, x: Array, weights: Array | None = None) -> tuple[Array, Array]:
