@@ -18,7 +18,7 @@ import optax
 
 from jaxem import batch
 from jaxem.batch import initial_params  # noqa: F401  (also public here)
-from jaxem.gradient import _check_family, fit_gradient
+from jaxem.gradient import check_differentiable, fit_gradient
 
 PyTree = Any
 
@@ -84,7 +84,7 @@ def compare(family, x, *, n_components: int, key: jax.Array, optimizers: dict,
     >>> list(cmp.methods), cmp.methods["adam"].trace.shape
     (['EM', 'adam'], (2, 30))
     """
-    _check_family(family)
+    check_differentiable(family)
     if jnp.ndim(x) != 2:
         raise ValueError("compare takes one data set, x of shape (n_samples, n_features).")
     params0 = initial_params(family, x, n_components=n_components, key=key, n_init=n_init,

@@ -100,7 +100,9 @@ def mean_log_likelihood(family, params: PyTree, x: Array, weights: Array) -> Arr
     return jnp.sum(jnp.where(weights > 0, weights * ll_rows, 0.0)) / jnp.sum(weights)
 
 
-def _check_family(family):
+def check_differentiable(family) -> None:
+    """Raise ``TypeError`` unless ``family`` has the unconstrained round trip that
+    gradient ascent optimises over."""
     if not (hasattr(family, "to_unconstrained") and hasattr(family, "from_unconstrained")):
         name = type(family).__name__
         hint = (" k-means is hard EM: its objective (minus the distance to the nearest "
@@ -143,7 +145,7 @@ def run(family, params: PyTree, x: Array, weights: Array | None = None,
     """
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}.")
-    _check_family(family)
+    check_differentiable(family)
     n = x.shape[0]
     if weights is None:
         weights = jnp.ones(n, x.dtype)
@@ -246,7 +248,7 @@ def fit_gradient(family, x, *, n_components: int, key: Array,
     >>> res.log_likelihood.shape, res.restarts.trace.shape
     ((2,), (2, 3, 50))
     """
-    _check_family(family)
+    check_differentiable(family)
     optimizer, learning_rate = _check_optimizer(optimizer, learning_rate)
     max_iter, tol = batch.check_int("max_iter", max_iter), batch.check_tol(tol)
     max_linesearch_steps = batch.check_int("max_linesearch_steps", max_linesearch_steps)
@@ -254,7 +256,7 @@ def fit_gradient(family, x, *, n_components: int, key: Array,
         batch_size = batch.check_int("batch_size", batch_size)
     x = batch.as_data(x)
     single = x.ndim == 2
-    x, weights, keys, method, params0 = batch._prepare(family, x, weights, key, n_init,
+    x, weights, keys, method, params0 = batch.prepare(family, x, weights, key, n_init,
                                                        n_components, init)
     if learning_rate is not None:
         learning_rate = jnp.asarray(learning_rate, x.dtype)
@@ -399,7 +401,7 @@ def _filled(cell) -> bool:
                                              "max_iter", "batch_size", "max_linesearch_steps"))
 def _fit_gradient(family, x, weights, keys, params0, tol, learning_rate, *, optimizer,
                   n_components, method, max_iter, batch_size, max_linesearch_steps):
-    """As :func:`jaxem.batch._fit`, with an optional leading learning-rate axis;
+    """As :func:`jaxem.batch.fit`, with an optional leading learning-rate axis;
     ``optimizer`` is a :class:`ByValue`."""
     optimizer = optimizer.value
 
@@ -411,7 +413,7 @@ def _fit_gradient(family, x, weights, keys, params0, tol, learning_rate, *, opti
             return run(family, params, x, w, key, optimizer=opt, max_iter=max_iter, tol=tol,
                        batch_size=batch_size, max_linesearch_steps=max_linesearch_steps)
 
-        return batch._restarts(family, driver, x, weights, keys, params0, n_components, method)
+        return batch.run_restarts(family, driver, x, weights, keys, params0, n_components, method)
 
     if learning_rate is not None and learning_rate.ndim == 1:
         return jax.vmap(fit_at)(learning_rate)

@@ -259,7 +259,7 @@ def _best(family, restarts: em.EMResult, shift, what: str, sample=None) -> batch
             params=jax.vmap(family.translate, (0, None))(restarts.params, shift))
     result = batch.best_of(jax.tree.map(lambda a: a[None], restarts))  # one data set
     data = None if sample is None else tuple(jnp.asarray(a)[None] for a in sample)
-    return batch._finish(result, True, True, what, family, data)
+    return batch.finish(result, True, True, what, family, data)
 
 
 def _check_args(family, key, *, tol=None, chunk_size=None, **counts) -> None:

@@ -106,11 +106,11 @@ class KMeans(Saveable, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluste
 
         key = jax.random.key(random_state.randint(np.iinfo(np.int32).max))
         fam = kmeans()
-        x3, w3, keys, method, params0 = batch._prepare(fam, dense, w, key, self._n_init, k,
+        x3, w3, keys, method, params0 = batch.prepare(fam, dense, w, key, self._n_init, k,
                                                         method if init is None else init)
         mesh, n_keep = None, None
         if self.devices is not None:
-            mesh, x3, w3, keys, params0, n_keep = batch._spread(
+            mesh, x3, w3, keys, params0, n_keep = batch.spread(
                 self.devices, "rows", x3, w3, keys, params0, key)
         chunk = self.chunk_size
         if chunk is None:
@@ -283,5 +283,5 @@ def _fit(x, weights, keys, params0, tol, max_iter, *, n_clusters, method, trace_
         return lloyd(params, x, w, max_iter=max_iter, tol=tol, chunk_size=chunk_size,
                      axis_name=axis_name, trace_length=trace_length)
 
-    return batch._restarts(kmeans(), driver, x, weights, keys, params0, n_clusters, method,
+    return batch.run_restarts(kmeans(), driver, x, weights, keys, params0, n_clusters, method,
                            chunk_size=chunk_size, mesh=mesh, shard="rows", n_keep=n_keep)

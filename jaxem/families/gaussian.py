@@ -89,8 +89,9 @@ class Gaussian(Mixture):
     @property
     def gemm_rows(self) -> bool:
         """The E-step is GEMMs over rows (not ``(rows, K, D)`` elementwise work): a
-        declared capability :func:`jaxem.batch.auto_chunk_size` sizes chunks by."""
-        return self.covariance_type != "full"
+        declared capability :func:`jaxem.batch.auto_chunk_size` sizes chunks by. With
+        missing values no type is: each row factorises its own ``(K, D, D)`` blocks."""
+        return self.covariance_type != "full" and not self.missing
 
     def __post_init__(self):
         if self.covariance_type not in COVARIANCE_TYPES:
