@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,6 +76,30 @@ def device_peak_bytes() -> int | None:
 
     stats = jax.devices()[0].memory_stats() or {}
     return stats.get("peak_bytes_in_use")
+
+
+def best_of(fn, repeat: int) -> float:
+    """The least wall time of ``repeat`` calls of ``fn()`` (which blocks on its result)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def count_e_steps(model):
+    """Count a pomegranate model's ``summarize`` calls (its E-steps, each followed by an
+    M-step) in ``model.n_e_steps``, so fixed-iteration runs can be checked."""
+    model.n_e_steps = 0
+    summarize = model.summarize
+
+    def counted(*a, **kw):
+        model.n_e_steps += 1
+        return summarize(*a, **kw)
+
+    model.summarize = counted
+    return model
 
 
 def write_results(out: Path, stem: str, results: dict, markdown: str) -> None:

@@ -236,15 +236,7 @@ class PomegranateRunner:
         # tol=-inf: it stops when the improvement < tol, i.e. never.
         model = GeneralMixtureModel(dists, priors=t(s["weights"]), max_iter=self.w["iters"],
                                     tol=-np.inf, check_data=False)
-        model.n_e_steps = 0  # summarize calls = E-steps (each followed by an M-step)
-        summarize = model.summarize
-
-        def counted(*a, **kw):
-            model.n_e_steps += 1
-            return summarize(*a, **kw)
-
-        model.summarize = counted
-        return model.to(self.device)
+        return _env.count_e_steps(model).to(self.device)
 
     def __call__(self):
         model = self._model()  # construction is cheap; fit changes the model in place

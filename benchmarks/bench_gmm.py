@@ -300,15 +300,7 @@ class PomegranateRunner:
         # tol=-inf: it stops when the improvement < tol, i.e. never.
         model = GeneralMixtureModel(dists, priors=t(s["weights"]), max_iter=self.w["iters"],
                                     tol=-np.inf)
-        model.n_e_steps = 0
-        summarize = model.summarize
-
-        def counted(*a, **kw):
-            model.n_e_steps += 1
-            return summarize(*a, **kw)
-
-        model.summarize = counted
-        return model.to(self.device)
+        return _env.count_e_steps(model).to(self.device)
 
     def __call__(self):
         models = [self._model(s) for s in self.starts]  # construction is cheap

@@ -69,15 +69,6 @@ def make_problem(n_seq, t, d, k, m, ct, seed=0):
     return x, start
 
 
-def best_of(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def bench_engine(x, start, ct, n_iter, repeat):
     n_seq, t, d = x.shape
     k, m = start["weights_"].shape
@@ -93,7 +84,7 @@ def bench_engine(x, start, ct, n_iter, repeat):
     compiled = run.lower(p0, xf, w).compile()
     compile_s = time.perf_counter() - t0
     out = jax.block_until_ready(compiled(p0, xf, w))
-    seconds = best_of(lambda: jax.block_until_ready(compiled(p0, xf, w)), repeat)
+    seconds = _env.best_of(lambda: jax.block_until_ready(compiled(p0, xf, w)), repeat)
     return {"seconds": seconds, "compile_seconds": compile_s, "n_iter": int(out.n_iter),
             "final_total_log_likelihood": float(out.trace[-1]) * n_seq * t}
 
@@ -113,7 +104,7 @@ def bench_estimator(x, start, ct, n_iter):
     t0 = time.perf_counter()
     fit()
     first = time.perf_counter() - t0
-    seconds = best_of(fit, 1)
+    seconds = _env.best_of(fit, 1)
     return {"seconds": seconds, "compile_seconds": max(first - seconds, 0.0),
             "n_iter": len(model.monitor_.history),
             "final_total_log_likelihood": float(model.monitor_.history[-1])}
@@ -138,7 +129,7 @@ def bench_hmmlearn(x, start, ct, n_iter, implementation, repeat):
             warnings.simplefilter("ignore")
             model.fit(X, lengths)
 
-    seconds = best_of(fit, repeat)
+    seconds = _env.best_of(fit, repeat)
     return {"seconds": seconds, "compile_seconds": 0.0, "n_iter": len(model.monitor_.history),
             "final_total_log_likelihood": float(model.monitor_.history[-1])}
 

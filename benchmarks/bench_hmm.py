@@ -48,15 +48,6 @@ def make_problem(n_seq, t, d, k, seed=0):
     return x, start
 
 
-def best_of(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def bench_jaxem(x, start, n_iter, repeat, parallel=False):
     n_seq, t, d = x.shape
     fam = hmm("gaussian", covariance_type="diag", seq_len=t, parallel=parallel)
@@ -71,7 +62,7 @@ def bench_jaxem(x, start, n_iter, repeat, parallel=False):
     compiled = run.lower(p0, xf, w).compile()
     compile_s = time.perf_counter() - t0
     out = jax.block_until_ready(compiled(p0, xf, w))
-    seconds = best_of(lambda: jax.block_until_ready(compiled(p0, xf, w)), repeat)
+    seconds = _env.best_of(lambda: jax.block_until_ready(compiled(p0, xf, w)), repeat)
     total_ll = float(out.trace[-1]) * n_seq * t
     return {"seconds": seconds, "compile_seconds": compile_s, "n_iter": int(out.n_iter),
             "final_total_log_likelihood": total_ll}
@@ -159,7 +150,7 @@ def bench_long(t, k, d, repeat):
         compiled = step.lower(p0, xf, w).compile()
         compile_s = time.perf_counter() - t0
         res = jax.block_until_ready(compiled(p0, xf, w))
-        sec = best_of(lambda: jax.block_until_ready(compiled(p0, xf, w)), repeat)
+        sec = _env.best_of(lambda: jax.block_until_ready(compiled(p0, xf, w)), repeat)
         out["parallel" if parallel else "sequential"] = {
             "seconds": sec, "compile_seconds": compile_s, "log_likelihood": float(res[1])}
     return out
