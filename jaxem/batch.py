@@ -124,6 +124,8 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     if labels is not None:
         labels = jnp.asarray(check_labels(labels, x.shape[int(single):2], n_components,
                                           family)).reshape(x.shape[:2])
+    if _accepts_nan(family) and not capability(family, "has_e_step"):
+        x, weights, labels = _sort_by_missing(x, weights, labels)
     mesh, n_keep = None, None
     if devices is not None:
         mesh, x, weights, keys, params0, n_keep = spread(devices, shard, x, weights, keys,
@@ -294,6 +296,18 @@ _any_nan = jax.jit(lambda x: jnp.any(jnp.isnan(x)))
 def _complete(family):
     """``family`` for complete rows (its initialisation needs no missing-value EM)."""
     return family.with_missing(False) if getattr(family, "missing", False) else family
+
+
+@jax.jit
+def _sort_by_missing(x, weights, labels):
+    """Each data set's rows (``x (B, n, D)``, ``weights (B, n)``, ``labels``) ordered by
+    their number of missing entries: a mixture's sums do not depend on the order, and
+    chunks of rows with few missing entries factorise small blocks
+    (:func:`jaxem.rows.missing_order`)."""
+    order = rows.missing_order(x)
+    x = jnp.take_along_axis(x, order[..., None], axis=-2)
+    weights = jnp.take_along_axis(weights, order, axis=-1)
+    return x, weights, None if labels is None else jnp.take_along_axis(labels, order, axis=-1)
 
 
 def _accepts_nan(family) -> bool:

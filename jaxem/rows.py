@@ -86,3 +86,19 @@ def map_rows(fn: Callable, x: Array, chunk_size: int | None = None) -> PyTree:
         out = jax.tree.map(lambda a, b: jnp.concatenate([a, b[n_full * chunk_size - n:]]),
                            out, tail)
     return out
+
+
+def missing_order(x: Array) -> Array:
+    """The order of ``x``'s rows (axis -2) by their number of missing (NaN) entries,
+    stable: chunks of rows with as many gaps factorise blocks of one small size
+    (:mod:`jaxem.families.gaussian_missing`)."""
+    return jnp.argsort(jnp.sum(jnp.isnan(x), axis=-1), axis=-1, stable=True)
+
+
+def map_missing_rows(fn: Callable, x: Array, chunk_size: int | None = None) -> PyTree:
+    """:func:`map_rows` over ``x``'s rows taken in :func:`missing_order`, the results
+    returned in ``x``'s order."""
+    order = missing_order(x)
+    out = map_rows(fn, x[order], chunk_size)
+    back = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+    return jax.tree.map(lambda a: a[back], out)

@@ -61,8 +61,9 @@ def _posterior(family, params, x, chunk_size):
     # the GEMM-shaped distances then keep their float32 accuracy far from the origin.
     shift = jnp.mean(family.locations(params), axis=0)
     params = family.translate(params, -shift)
-    return rows.map_rows(lambda xc: family.posterior(family.log_joint(params, xc - shift)),
-                         x, chunk_size)
+    pass_rows = rows.map_missing_rows if getattr(family, "missing", False) else rows.map_rows
+    return pass_rows(lambda xc: family.posterior(family.log_joint(params, xc - shift)),
+                     x, chunk_size)
 
 
 def partial_labels(y, n_samples: int, n_components: int) -> np.ndarray | None:

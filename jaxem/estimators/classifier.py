@@ -195,8 +195,10 @@ def _log_density(family, params, x, chunk_size):
     shift = jnp.mean(params.means, axis=(0, 1))
     params = params._replace(means=params.means - shift)
 
+    pass_rows = rows.map_missing_rows if getattr(family, "missing", False) else rows.map_rows
+
     def per_class(p):
-        return rows.map_rows(lambda xc: family.posterior(family.log_joint(p, xc - shift))[1],
+        return pass_rows(lambda xc: family.posterior(family.log_joint(p, xc - shift))[1],
                              x, chunk_size)
 
     return jax.vmap(per_class, out_axes=1)(params)

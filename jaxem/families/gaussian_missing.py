@@ -9,13 +9,13 @@ compiled computation with masks, never a loop over missing patterns:
 
 * ``diag``/``spherical``: features are independent given the component, so a missing
   feature drops out of the density, and its expected square is ``(mu - mu)^2 + var``.
-* ``full``/``tied``: with ``o`` the row's observed mask, ``S~ = (o o^T) * S + diag(1 - o)``
-  is block-diagonal (``S_oo`` and an identity), so one Cholesky per row and component
-  gives ``log det S_oo``, the Mahalanobis distance over the observed features and, with
-  ``y = S~^-1 (o * (x - mu))``, the conditional mean of the missing ones, ``mu + S y``.
+* ``full``/``tied``: in the precision form ``Lam = S^-1`` (see :func:`_conditional`),
+  only the missing block ``Lam_mm`` of each row is factorised, gathered to ``m`` slots:
+  the chunk's most missing entries, rounded up to a bucket. Rows sorted by their number
+  of missing entries (as :func:`jaxem.fit` sorts them) make most chunks' blocks small.
 
-Work is ``(rows, K, D)`` (diag) or ``(rows, K, D, D)`` with a ``D x D`` Cholesky per
-row and component (full/tied), bounded by the engine's chunks.
+Work is ``(rows, K, D)`` plus ``(rows, K, m, D)`` with an ``m x m`` Cholesky per row and
+component (full/tied), bounded by the engine's chunks.
 """
 from __future__ import annotations
 
@@ -27,40 +27,71 @@ import jax.numpy as jnp
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-# Batched Cholesky and triangular solves written with jnp: XLA's CPU LAPACK kernels for a
-# batch of (n, K) matrices deadlocked inside EM's while_loop on a 2-thread pool (jaxlib
-# 0.10.2, D = 16, a few thousand rows: both threads waiting in ParallelBatchMap).
-# Column by column in a fori_loop: O(D^3) per matrix as LAPACK, a D-step program.
-def _cholesky(a):
-    """Lower Cholesky factor of SPD ``a (..., D, D)``."""
-    d = a.shape[-1]
-    idx = jnp.arange(d)
-
-    def column(j, low):
-        row = low[..., j, :]  # its entries before j are set, the rest 0
-        diag = jnp.sqrt(a[..., j, j] - jnp.sum(row * row, axis=-1))
-        col = (a[..., :, j] - jnp.einsum("...ik,...k->...i", low, row)) / diag[..., None]
-        col = jnp.where(idx > j, col, jnp.where(idx == j, diag[..., None], 0.0))
-        return low.at[..., :, j].set(col)
-
-    return jax.lax.fori_loop(0, d, column, jnp.zeros_like(a))
+# Each row's missing block is factorised by Cholesky written with jnp, unrolled over
+# its (static, small) size: XLA's CPU LAPACK kernels for a batch of (n, K) matrices
+# deadlocked inside EM's while_loop on a 2-thread pool (jaxlib 0.10.2), and batched tiny
+# matmuls run far below elementwise speed there. The block is gathered to ``m`` slots,
+# the chunk's most missing entries rounded up to a bucket (:func:`_buckets`), so its cost
+# is O(m^3) per row and component, not O(D^3).
+def _buckets(d: int) -> tuple[int, ...]:
+    """Sizes the missing block of a chunk is padded to: 0, 1, 2, 4, ... and ``d``."""
+    sizes, m = [0], 1
+    while m < d:
+        sizes.append(m)
+        m *= 2
+    return tuple(sizes + [d])
 
 
-def _cho_solve(low, b):
-    """``(L L^T)^{-1} b`` for ``low (..., D, D)`` lower and ``b (..., D, m)``."""
-    d = low.shape[-1]
+def _by_bucket(fn, x, *args):
+    """``fn(m, x, *args)`` with ``m`` the smallest bucket that holds every row's missing
+    entries in ``x (n, D)``: one compiled branch per bucket, chosen at run time (rows
+    sorted by their number of missing entries make most chunks small)."""
+    sizes = _buckets(x.shape[-1])
+    index = jnp.searchsorted(jnp.asarray(sizes), _most_missing(x))
+    return jax.lax.switch(index, [lambda x, *a, m=m: fn(m, x, *a) for m in sizes], x, *args)
 
-    def forward(i, y):  # L y = b
-        yi = (b[..., i, :] - jnp.einsum("...k,...km->...m", low[..., i, :], y))
-        return y.at[..., i, :].set(yi / low[..., i, i, None])
 
-    def backward(t, z):  # L^T z = y
-        i = d - 1 - t
-        zi = (y[..., i, :] - jnp.einsum("...k,...km->...m", low[..., :, i], z))
-        return z.at[..., i, :].set(zi / low[..., i, i, None])
+@jax.custom_batching.custom_vmap
+def _most_missing(x):
+    """The most missing entries in a row of ``x (n, D)``."""
+    return jnp.max(jnp.sum(jnp.isnan(x), axis=-1), initial=0)
 
-    y = jax.lax.fori_loop(0, d, forward, jnp.zeros_like(b))
-    return jax.lax.fori_loop(0, d, backward, jnp.zeros_like(b))
+
+@_most_missing.def_vmap
+def _most_missing_vmap(axis_size, in_batched, x):
+    # Over a batch of data sets, the most of them all, unbatched: the switch above then
+    # stays one branch for the batch, where a batched index would run every branch.
+    del axis_size, in_batched
+    return _most_missing(x.reshape((-1,) + x.shape[-1:])), False
+
+
+def _chol_columns(a):
+    """Columns ``(..., m)`` of the lower Cholesky factor of SPD ``a (..., m, m)``."""
+    m = a.shape[-1]
+    below = jnp.arange(m)
+    cols = []
+    for j in range(m):
+        c = a[..., :, j]
+        for i in range(j):
+            c = c - cols[i] * cols[i][..., j:j + 1]
+        cols.append(jnp.where(below >= j, c, 0.0) / jnp.sqrt(c[..., j:j + 1]))
+    return cols
+
+
+def _forward(cols, b):
+    """``L^-1 b`` for ``L`` given by its columns and ``b (..., m, ...)``: a list of the
+    ``m`` entries ``(..., ...)``."""
+    u = []
+    for j, col in enumerate(cols):
+        v = b[:, :, j]
+        for i in range(j):
+            v = v - _bcast(cols[i][..., j], v) * u[i]
+        u.append(v / _bcast(col[..., j], v))
+    return u
+
+
+def _bcast(a, like):
+    return a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
 
 
 def _mask(x):
@@ -79,12 +110,20 @@ def fill_means(x, weights):
     return jnp.where(o > 0, x0, total / jnp.maximum(count, jnp.finfo(x.dtype).tiny))
 
 
-def _conditional(family, params, x):
+def _conditional(family, params, x, m=None):
     """Per row and component: ``delta (n, K, D)`` = expected ``x - mu_k`` (observed
     differences, conditional means of the missing), the conditional covariance of the
-    missing features (``(n, K, D)`` diagonal for diag/spherical, ``(n, K, D, D)`` else),
-    the Mahalanobis distance over the observed features and ``log det`` of their
-    covariance (both ``(n, K)``)."""
+    missing features as ``(n, K, D)`` variances (diag, spherical) or a factor ``V (n, K,
+    m, D)`` with covariance ``V^T V`` (full, tied: ``m`` slots for the missing block), the
+    Mahalanobis distance over the observed features and ``log det`` of their covariance
+    (both ``(n, K)``).
+
+    Full and tied work in the precision form, with ``Lam = S^-1`` and ``m`` the missing
+    features: the conditional covariance is ``Lam_mm^-1``, the conditional mean offset
+    ``-Lam_mm^-1 Lam_mo d_o``, ``log det S_oo = log det S + log det Lam_mm``, and the
+    observed Mahalanobis distance is the full one at the conditional mean (its minimum
+    over the missing entries: a sum of squares, whose error is second order in the
+    solve's)."""
     o, x0 = _mask(x)
     mu = params.means
     diff = o[:, None, :] * (x0[:, None, :] - mu[None])  # (n, K, D)
@@ -96,27 +135,47 @@ def _conditional(family, params, x):
         log_det = -2.0 * jnp.matmul(o, jnp.log(p).T, precision=_HIGHEST)  # of S_oo
         cond_cov = (1.0 - o)[:, None, :] / (p * p)[None]
         return diff, cond_cov, maha, log_det
-    cov = family.covariances(params)
-    cov = jnp.broadcast_to(cov, mu.shape + mu.shape[-1:])  # tied: one for every k
-    oo = o[:, :, None] * o[:, None, :]  # (n, D, D)
-    eye = jnp.eye(mu.shape[-1], dtype=x.dtype)
-    s_tilde = oo[:, None] * cov[None] + (eye - eye * o[:, None, :])[:, None]
-    chol = _cholesky(s_tilde)  # (n, K, D, D)
-    y = _cho_solve(chol, diff[..., None])[..., 0]
-    maha = jnp.sum(diff * y, axis=-1)
-    log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    p = jnp.broadcast_to(params.precisions_cholesky, mu.shape + mu.shape[-1:])  # tied: each k
+    log_det = -2.0 * jnp.sum(jnp.log(jnp.diagonal(p, axis1=-2, axis2=-1)), axis=-1)  # S
+    # The row's missing features as one-hot slots e (n, m, D), in order, 0 rows unused.
     miss = 1.0 - o
-    delta = diff + miss[:, None, :] * jnp.einsum("kde,nke->nkd", cov, y, precision=_HIGHEST)
-    rows_o = o[:, None, :, None] * cov[None]  # S with its missing rows zeroed
-    g = _cho_solve(chol, rows_o)
-    cond_cov = cov[None] - jnp.einsum("nkdi,nkde->nkie", rows_o, g, precision=_HIGHEST)
-    cond_cov = cond_cov * (miss[:, :, None] * miss[:, None, :])[:, None]
-    return delta, cond_cov, maha, log_det
+    rank = jnp.cumsum(miss, axis=-1) - 1.0
+    e = miss[:, None, :] * (rank[:, None, :] == jnp.arange(m, dtype=x.dtype)[:, None])
+    valid = jnp.sum(e, axis=-1)  # (n, m)
+    lam = jnp.einsum("kde,kfe->kdf", p, p, precision=_HIGHEST)
+    lam_m = jnp.einsum("nmd,kdf->nkmf", e, lam, precision=_HIGHEST)  # rows Lam_m. (one-hot)
+    b = valid[:, None] * jnp.sum(lam_m * diff[:, :, None], axis=-1)  # Lam_mo d_o (n, K, m)
+    lam_mm = jnp.sum(lam_m[:, :, :, None] * e[:, None, None], axis=-1)  # (n, K, m, m)
+    pair = (valid[:, :, None] * valid[:, None, :])[:, None]
+    lam_mm = pair * lam_mm + (1.0 - pair) * jnp.eye(m, dtype=x.dtype)  # unused slots: 1
+    cols = _chol_columns(lam_mm)
+    u = _forward(cols, b)
+    z = []  # Lam_mm^-1 b = L^-T u, last entry first
+    for j in reversed(range(m)):
+        v = u[j]
+        for i, zi in zip(range(m - 1, j, -1), z):
+            v = v - cols[j][..., i] * zi
+        z.append(v / cols[j][..., j])
+    delta = diff - sum(zj[..., None] * e[:, None, j] for j, zj in zip(reversed(range(m)), z))
+    y = jnp.einsum("nkd,kde->nke", delta, p, precision=_HIGHEST)
+    maha = jnp.sum(y * y, axis=-1)
+    log_det = log_det + 2.0 * sum(jnp.log(c[..., j]) for j, c in enumerate(cols))
+    log_det = jnp.where(jnp.sum(o, axis=-1)[:, None] > 0, log_det, 0.0)  # nothing observed
+    factor = jnp.stack(_forward(cols, jnp.broadcast_to(e[:, None], b.shape + e.shape[-1:])),
+                       axis=2) if m else jnp.zeros(b.shape + e.shape[-1:], x.dtype)
+    return delta, factor, maha, log_det
+
+
+def _blocked(family, params, x, fn):
+    """``fn(*_conditional(...))``, full and tied in chunks' buckets of missing entries."""
+    if family.covariance_type in ("diag", "spherical"):
+        return fn(*_conditional(family, params, x))
+    return _by_bucket(lambda m, x: fn(*_conditional(family, params, x, m)), x)
 
 
 def log_joint(family, params, x):
     """``log p(x_o, z = k)`` over each row's observed features: ``(n, K)``."""
-    _, _, maha, log_det = _conditional(family, params, x)
+    maha, log_det = _blocked(family, params, x, lambda d, c, maha, log_det: (maha, log_det))
     n_obs = jnp.sum(~jnp.isnan(x), axis=1).astype(x.dtype)
     log_gauss = -0.5 * (n_obs[:, None] * math.log(2 * math.pi) + maha + log_det)
     return jnp.log(params.weights) + log_gauss
@@ -127,27 +186,29 @@ def stats(family, x, resp, params):
     current means as :meth:`Gaussian.stats` takes them)."""
     from jaxem.families.gaussian import GaussianStats
 
-    delta, cond_cov, _, _ = _conditional(family, params, x)
+    def sums(delta, cond_cov, maha, log_det):
+        sum_delta = jnp.einsum("nk,nkd->kd", resp, delta, precision=_HIGHEST)
+        if cond_cov.ndim == 3:  # diag, spherical: conditional variances
+            return sum_delta, jnp.einsum("nk,nkd->kd", resp, delta * delta + cond_cov,
+                                         precision=_HIGHEST)
+        # delta delta^T + V^T V as one contraction over rows and slots
+        y = jnp.concatenate([delta[:, :, None], cond_cov], axis=2)  # (n, K, 1 + m, D)
+        return sum_delta, jnp.einsum("nk,nkjd,nkje->kde", resp, y, y, precision=_HIGHEST)
+
+    sum_delta, sum_xx = _blocked(family, params, x, sums)
     counts = jnp.sum(resp, axis=0)
-    sum_delta = jnp.einsum("nk,nkd->kd", resp, delta, precision=_HIGHEST)
     sum_x = sum_delta + counts[:, None] * params.means
-    ct = family.covariance_type
-    if ct in ("diag", "spherical"):
-        sum_xx = jnp.einsum("nk,nkd->kd", resp, delta * delta + cond_cov, precision=_HIGHEST)
-        if ct == "spherical":
-            sum_xx = jnp.sum(sum_xx, axis=1)
-    else:
-        sum_xx = (jnp.einsum("nk,nkd,nke->kde", resp, delta, delta, precision=_HIGHEST)
-                  + jnp.einsum("nk,nkde->kde", resp, cond_cov, precision=_HIGHEST))
-        if ct == "tied":
-            sum_xx = jnp.sum(sum_xx, axis=0)
+    if family.covariance_type == "spherical":
+        sum_xx = jnp.sum(sum_xx, axis=1)
+    elif family.covariance_type == "tied":
+        sum_xx = jnp.sum(sum_xx, axis=0)
     return GaussianStats(counts, sum_x, sum_xx)
 
 
 def impute(family, params, x, resp):
     """``x (n, D)`` with each missing entry replaced by its conditional expectation
     ``sum_k resp_nk E[x | x_o, z = k]``; observed entries are returned unchanged."""
-    delta, _, _, _ = _conditional(family, params, x)
+    delta = _blocked(family, params, x, lambda delta, *_: delta)
     expected = jnp.einsum("nk,nkd->nd", resp, delta + params.means[None], precision=_HIGHEST)
     return jnp.where(jnp.isnan(x), expected, x)
 
@@ -160,7 +221,11 @@ def impute_draws(family, params, x, resp, key, n_imputations: int):
 
     The conditional covariance is factored by ``eigh`` (negative rounding clipped to 0),
     which never fails where a Cholesky factor of a nearly singular one would."""
-    delta, cond_cov, _, _ = _conditional(family, params, x)
+    def covariance(delta, factor, *_):  # full, tied: V^T V per row and component
+        return delta, (factor if factor.ndim == 3 else
+                       jnp.einsum("nkjd,nkje->nkde", factor, factor, precision=_HIGHEST))
+
+    delta, cond_cov = _blocked(family, params, x, covariance)
     mean = delta + params.means[None]  # (n, K, D)
     if cond_cov.ndim == 3:  # diag, spherical: independent given the component
         factor = jnp.sqrt(jnp.maximum(cond_cov, 0.0))
