@@ -167,21 +167,13 @@ def _numeric_line(line: str) -> bool:
         return False
 
 
-def _select(args, x) -> int:
-    """Print the BIC table over K = 1..KMAX and return the chosen K."""
-    from jaxem.select import select_n_components
-    if args.model != "gmm":
-        raise ValueError("--select-k chooses the components of a Gaussian mixture (--model gmm)")
-    k_max = min(args.select_k, x.shape[0])
-    sel = select_n_components(gaussian(args.covariance), x.astype(np.float32), k_max=k_max,
-                              key=jax.random.key(args.seed), n_init=args.restarts,
-                              max_iter=args.max_iter)
+def _print_selection(sel, restarts: int) -> None:
+    """The BIC table over K = 1..KMAX, the chosen K marked."""
     print(f"{'K':>3} {'log-likelihood':>15} {'BIC':>12} {'AIC':>12} {'converged':>10}")
     for k, ll, bic, aic, conv in zip(sel.n_components, sel.log_likelihood, sel.bic, sel.aic,
                                      sel.n_converged):
         mark = "  <- chosen" if k == sel.best else ""
-        print(f"{k:>3} {ll:>15.6g} {bic:>12.6g} {aic:>12.6g} {conv:>6}/{args.restarts}{mark}")
-    return int(sel.best)
+        print(f"{k:>3} {ll:>15.6g} {bic:>12.6g} {aic:>12.6g} {conv:>6}/{restarts}{mark}")
 
 
 def fit_file(args) -> int:
@@ -202,21 +194,25 @@ def fit_file(args) -> int:
 def _fit_file(args, x) -> int:
     from jaxem.estimators import GaussianMixture, KMeans
     from jaxem.persist import save
-    if args.select_k:
-        args.components = _select(args, x)
-    if args.components > x.shape[0]:
+    if args.select_k and args.model != "gmm":
+        raise ValueError("--select-k chooses the components of a Gaussian mixture (--model gmm)")
+    if not args.select_k and args.components > x.shape[0]:
         raise ValueError(f"--components {args.components} is more than the "
                          f"{x.shape[0]} rows of {args.data}")
-    if args.model == "gmm":
-        est = GaussianMixture(args.components, covariance_type=args.covariance,
-                              n_init=args.restarts, max_iter=args.max_iter,
-                              random_state=args.seed)
+    if args.model == "gmm":  # --select-k: the estimator's one-program sweep over K by BIC
+        est = GaussianMixture("bic" if args.select_k else args.components,
+                              covariance_type=args.covariance, n_init=args.restarts,
+                              max_iter=args.max_iter, random_state=args.seed,
+                              max_components=args.select_k or 10)
     else:
         est = KMeans(args.components, n_init=args.restarts, max_iter=args.max_iter,
                      random_state=args.seed)
     t0 = time.perf_counter()
     est.fit(x)
     seconds = time.perf_counter() - t0
+    if args.select_k:
+        _print_selection(est.selection_, args.restarts)
+        args.components = int(est.n_components_)
     labels = est.predict(x)
     print(f"{args.data}: {x.shape[0]} rows x {x.shape[1]} features; {type(est).__name__} "
           f"with {args.components} components, {args.restarts} restarts: {seconds:.2f} s "

@@ -75,7 +75,7 @@ def test_select_k_prints_the_table_and_fits_the_chosen_k(tmp_path, make_blobs, c
     text = capsys.readouterr().out
     assert "BIC" in text and "<- chosen" in text
     chosen = [line.split()[0] for line in text.splitlines() if "<- chosen" in line]
-    assert jaxem.load(model).n_components == int(chosen[0])
+    assert jaxem.load(model).n_components_ == int(chosen[0])
 
 
 def test_csv_without_header_reads_the_same(tmp_path, make_blobs):

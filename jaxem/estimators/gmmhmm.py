@@ -43,14 +43,14 @@ import numpy as np
 from scipy import linalg
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from jaxem.estimators.hmm import _array, _BaseHMM, _check_float_X, _observed_mean, _probabilities
+from jaxem.estimators.hmm import _array, _BaseHMM, _GaussianRows, _probabilities
 from jaxem.families.gmm_emission import GMMEmission, GMMEmissionParams, default_covars_priors
 from jaxem.families.hmm import HMM
 
 __all__ = ["GMMHMM"]
 
 
-class GMMHMM(_BaseHMM):
+class GMMHMM(_GaussianRows, _BaseHMM):
     """Hidden Markov model with Gaussian-mixture emissions (hmmlearn's ``GMMHMM``).
 
     Parameters are hmmlearn's (``n_mix`` components per state; ``weights_prior``,
@@ -106,13 +106,6 @@ class GMMHMM(_BaseHMM):
         self.parallel = parallel
 
     # -- the family ---------------------------------------------------------------------
-    def _check_X(self, X, n_features):
-        return _check_float_X(X, "GMMHMM", n_features, allow_nan=True)
-
-    def _centre(self, X):
-        # Fit centred data (float32 accuracy far from the origin); the means prior moves too.
-        return _observed_mean(X)
-
     def _priors(self):
         """hmmlearn's priors broadcast to its shapes (its ``_fix_priors_shape``), float64,
         ``means_prior`` moved with the data; a ValueError names a prior that does not fit."""

@@ -485,7 +485,19 @@ def _observed_mean(X):
     return np.nanmean(X, axis=0)
 
 
-class GaussianHMM(_BaseHMM):
+class _GaussianRows:
+    """Rows for Gaussian emissions (:class:`GaussianHMM`, ``GMMHMM``): floats, NaN a
+    missing value, fitted centred."""
+
+    def _check_X(self, X, n_features):
+        return _check_float_X(X, type(self).__name__, n_features, allow_nan=True)
+
+    def _centre(self, X):
+        # Fit centred data (float32 accuracy far from the origin); the means prior moves too.
+        return _observed_mean(X)
+
+
+class GaussianHMM(_GaussianRows, _BaseHMM):
     """Hidden Markov model with Gaussian emissions (hmmlearn's ``GaussianHMM``).
 
     NaN entries of ``X`` are missing values (hmmlearn rejects them), in ``fit``,
@@ -534,13 +546,6 @@ class GaussianHMM(_BaseHMM):
         self.implementation = implementation
         self.n_init = n_init
         self.parallel = parallel
-
-    def _check_X(self, X, n_features):
-        return _check_float_X(X, "GaussianHMM", n_features, allow_nan=True)
-
-    def _centre(self, X):
-        # Fit centred data (float32 accuracy far from the origin); the means prior moves too.
-        return _observed_mean(X)
 
     def _emission_kwargs(self):
         shift = getattr(self, "_shift", 0.0)
