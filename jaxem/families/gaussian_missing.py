@@ -42,13 +42,13 @@ def _buckets(d: int) -> tuple[int, ...]:
     return tuple(sizes + [d])
 
 
-def _by_bucket(fn, x, *args):
-    """``fn(m, x, *args)`` with ``m`` the smallest bucket that holds every row's missing
-    entries in ``x (n, D)``: one compiled branch per bucket, chosen at run time (rows
-    sorted by their number of missing entries make most chunks small)."""
+def _by_bucket(fn, x):
+    """``fn(m, x)`` with ``m`` the smallest bucket that holds every row's missing entries
+    in ``x (n, D)``: one compiled branch per bucket, chosen at run time (rows sorted by
+    their number of missing entries make most chunks small)."""
     sizes = _buckets(x.shape[-1])
     index = jnp.searchsorted(jnp.asarray(sizes), _most_missing(x))
-    return jax.lax.switch(index, [lambda x, *a, m=m: fn(m, x, *a) for m in sizes], x, *args)
+    return jax.lax.switch(index, [lambda x, m=m: fn(m, x) for m in sizes], x)
 
 
 @jax.custom_batching.custom_vmap
@@ -79,8 +79,8 @@ def _chol_columns(a):
 
 
 def _forward(cols, b):
-    """``L^-1 b`` for ``L`` given by its columns and ``b (..., m, ...)``: a list of the
-    ``m`` entries ``(..., ...)``."""
+    """``L^-1 b`` for ``L`` given by its columns ``(n, K, m)`` and ``b (n, K, m, ...)``:
+    a list of the ``m`` entries ``(n, K, ...)``."""
     u = []
     for j, col in enumerate(cols):
         v = b[:, :, j]
