@@ -761,6 +761,14 @@ def check_dtype(dtype, name: str = "x") -> np.dtype:
 
 
 @jax.jit
+@jax.jit
+def _all_finite_used(x3, w3):
+    """Whether every used row (weight > 0) is finite: one fused pass, before the full
+    :func:`_data_summary` that only data with NaN or inf need."""
+    return jnp.all(jnp.isfinite(x3) | (w3[..., None] <= 0))
+
+
+@jax.jit
 def _data_summary(x3, w3):
     """Reductions over the used rows (weight > 0), fused so that no data-sized temporary
     is held: (any inf, any NaN, first row with every entry NaN or -1, fewest used rows)."""
@@ -793,7 +801,12 @@ def _check_data(x, weights, n_components, allow_nan=False, allow_empty=False):
         if zero:
             raise ValueError(f"weights are all zero in data set(s) {zero}: at least "
                              f"n_components={n_components} rows need positive weight.")
-    bad_inf, bad_nan, empty, n_rows = (np.asarray(a) for a in _data_summary(x3, w3))
+    if bool(_all_finite_used(x3, w3)):  # one cheap pass in the common case
+        bad_inf = bad_nan = False
+        empty = -1
+        n_rows = x3.shape[1] if weights is None else int(jnp.min(jnp.sum(w3 > 0, axis=1)))
+    else:
+        bad_inf, bad_nan, empty, n_rows = (np.asarray(a) for a in _data_summary(x3, w3))
     if allow_nan:  # missing entries are NaN; a row needs one observed value
         if bad_inf:
             raise ValueError("x contains infinity; remove those rows or give them weight 0.")
@@ -849,13 +862,28 @@ def check_labels(labels, shape, n_components: int, family=None, name: str = "lab
     return y.astype(np.int32)
 
 
-def _broadcast_init(family, params, x, n_init, n_components):
-    """Give explicit starting parameters the leading ``(B, n_init)`` axes."""
+def _param_shapes(family, shape, dtype, n_components):
+    """The shapes and dtypes of one instance's parameters (a pytree of
+    ``ShapeDtypeStruct``), from tracing the family's initialisation; memoised, since
+    tracing the k-means code costs tens of milliseconds per call."""
+    try:
+        return _param_shapes_cached(family, shape, np.dtype(dtype), n_components)
+    except TypeError:  # an unhashable family (an array in a field): trace each time
+        return _param_shapes_cached.__wrapped__(family, shape, np.dtype(dtype), n_components)
+
+
+@functools.lru_cache(maxsize=64)
+def _param_shapes_cached(family, shape, dtype, n_components):
     init_fn = (family.init if capability(family, "has_init")
                else functools.partial(initialize, _complete(family)))
-    reference = jax.eval_shape(
-        lambda: init_fn(jax.random.key(0), x[0], jnp.ones(x.shape[1], x.dtype),
-                        n_components, "random"))
+    x = jax.ShapeDtypeStruct(shape, dtype)
+    return jax.eval_shape(lambda x: init_fn(jax.random.key(0), x, jnp.ones(shape[0], dtype),
+                                            n_components, "random"), x)
+
+
+def _broadcast_init(family, params, x, n_init, n_components):
+    """Give explicit starting parameters the leading ``(B, n_init)`` axes."""
+    reference = _param_shapes(family, x.shape[1:], x.dtype, n_components)
     batch = (x.shape[0], n_init)
 
     def expand(a, ref):  # the family's dtype for each leaf (ints stay ints)

@@ -110,3 +110,23 @@ def test_vmapped_restarts_equal_single_when_one_needs_the_exact_form():
     for i, p in enumerate((near, far)):
         np.testing.assert_allclose(lj[i], fam.log_joint(p, x), rtol=1e-5, atol=1e-3)
 
+
+
+@pytest.mark.parametrize("ct", ["diag", "spherical", "tied"])
+def test_nested_vmap_keeps_one_branch(ct):
+    # The engine vmaps restarts inside data sets. Each vmap level must collapse the
+    # fast/exact predicate, or the cond becomes a select that computes the (n, K, D)
+    # exact form for every chunk (it doubled the time of a D=K=16 diag E-step).
+    fam, x, params = _data_and_params(ct, 3.0, 1.0)
+    batched = jax.tree.map(lambda a: jnp.asarray(a)[None, None], params)
+
+    def step(p, x):
+        return em.e_step(fam, p, x, chunk_size=100)
+
+    fn = jax.vmap(lambda p, x: jax.vmap(lambda q: step(q, x))(p))
+    text = jax.jit(fn).lower(batched, jnp.asarray(x)[None]).as_text()
+    assert "stablehlo.case" in text  # a branch, not a select over both sides
+    got = jax.jit(fn)(batched, jnp.asarray(x)[None])
+    want = step(params, jnp.asarray(x))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a)[0, 0], b, rtol=2e-5, atol=1e-3)

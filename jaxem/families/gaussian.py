@@ -474,8 +474,11 @@ def _any_in_batch(pred: jax.Array) -> jax.Array:
 
 @_any_in_batch.def_vmap
 def _any_in_batch_vmap(axis_size, in_batched, pred):
+    # Through _any_in_batch again, so that an enclosing vmap (restarts inside data
+    # sets) collapses its axis as well: plain jnp.any would leave the predicate batched
+    # there, and the cond a select that computes both sides.
     del axis_size
-    return (jnp.any(pred) if in_batched[0] else pred), False
+    return _any_in_batch(jnp.any(pred, axis=0) if in_batched[0] else pred), False
 
 
 def _precision_cholesky(cov: jax.Array) -> jax.Array:
