@@ -8,8 +8,9 @@ starting parameters (weights, means, precisions), a fixed number of EM iteration
 * **jaxem, nothing missing**: ``jaxem.fit`` on the complete data;
 * **jaxem, 20% missing**: ``jaxem.fit`` on the same data with the gaps (NaN): exact EM
   over the observed entries (``jaxem.families.gaussian_missing``), with the automatic
-  chunk size and with ``chunk_size=1024`` (the missing-value E-step's intermediates are
-  ``(rows, K, D, D)``, so the chunk matters more than for complete rows);
+  chunk size and with ``chunk_size=1024`` (the missing-value E-step factorises each
+  row's missing block per component, ``(rows, K, m, m)`` with ``m`` the chunk's most
+  gaps rounded up to a bucket, so the chunk matters more than for complete rows);
 * **peers**: scikit-learn's ``GaussianMixture`` rejects NaN, so it runs after an imputer,
   ``SimpleImputer(strategy="mean")`` and ``IterativeImputer`` (its default BayesianRidge,
   ``max_iter=10``), from the same starting parameters, ``tol=0``. These are **different

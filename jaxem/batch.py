@@ -479,11 +479,11 @@ def _fit_block(family, state, x, weights, tol, n_steps, *, chunk_size, mesh=None
     def run_all(state, x, w, labels, axis_name=None):
         def per_dataset(state, x, w, labels):
             given = {} if labels is None else {"labels": labels}
-            return jax.vmap(lambda s: em.resume(family, s, x, w, n_steps=n_steps, tol=tol,
-                                                chunk_size=chunk_size, axis_name=axis_name,
-                                                **given))(state)
+            return vmap(lambda s: em.resume(family, s, x, w, n_steps=n_steps, tol=tol,
+                                            chunk_size=chunk_size, axis_name=axis_name,
+                                            **given))(state)
 
-        return jax.vmap(per_dataset)(state, x, w, labels)
+        return vmap(per_dataset)(state, x, w, labels)
 
     if mesh is None:
         state = run_all(state, x, weights, labels)
@@ -517,6 +517,23 @@ def _fit_finish(family, state, shift, *, mesh=None, shard="rows", n_keep=None):
     if n_keep is not None:
         state = jax.tree.map(lambda a: a[:, :n_keep], state)
     return best_of(state)
+
+
+def vmap(fn):
+    """``jax.vmap(fn)`` over the leading axis of every argument, except that a batch of
+    one calls ``fn`` on the arguments without it: XLA's CPU code for a batch of one is
+    slower than for none (the batched gathers and transposed GEMM operands it keeps),
+    by 1.5x for the missing-value E-step and 1.2x for the diag one (N=1e6, D=K=16).
+    The results agree to float rounding, not bit for bit."""
+
+    def call(*args):
+        sizes = {leaf.shape[0] for leaf in jax.tree.leaves(args)}
+        if sizes != {1}:
+            return jax.vmap(fn)(*args)
+        out = fn(*jax.tree.map(lambda a: a[0], args))
+        return jax.tree.map(lambda a: a[None], out)
+
+    return call
 
 
 AXIS = "jaxem"  # the mesh axis that rows or restarts are split over

@@ -61,7 +61,7 @@ def _posterior(family, params, x, chunk_size):
     # the GEMM-shaped distances then keep their float32 accuracy far from the origin.
     shift = jnp.mean(family.locations(params), axis=0)
     params = family.translate(params, -shift)
-    pass_rows = rows.map_missing_rows if getattr(family, "missing", False) else rows.map_rows
+    pass_rows = rows.map_rows_of(family)
     return pass_rows(lambda xc: family.posterior(family.log_joint(params, xc - shift)),
                      x, chunk_size)
 

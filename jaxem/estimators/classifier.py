@@ -195,7 +195,7 @@ def _log_density(family, params, x, chunk_size):
     shift = jnp.mean(params.means, axis=(0, 1))
     params = params._replace(means=params.means - shift)
 
-    pass_rows = rows.map_missing_rows if getattr(family, "missing", False) else rows.map_rows
+    pass_rows = rows.map_rows_of(family)
 
     def per_class(p):
         return pass_rows(lambda xc: family.posterior(family.log_joint(p, xc - shift))[1],
