@@ -121,6 +121,25 @@ def test_chunked_e_step_equals_full(make_blobs, chunk, ct):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 40), used=st.integers(0, 40), chunk=st.integers(1, 40))
+def test_sum_rows_skips_only_chunks_after_the_last_used_row(n, used, chunk):
+    used = min(used, n)
+    x = np.arange(1.0, n + 1.0, dtype=np.float32)[:, None]
+    w = (np.arange(n) < used).astype(np.float32)
+    w[: used // 2] = 0.5  # zero weight only at the end: fit's bucket padding
+    visits, total = jaxem.rows.sum_rows(
+        lambda xc, wc, _: (jnp.ones(()), wc @ xc[:, 0]), jnp.asarray(x), jnp.asarray(w),
+        chunk)
+    np.testing.assert_allclose(total, w @ x[:, 0], rtol=1e-6)
+    if chunk >= n:
+        assert visits == 1
+    else:  # the chunks holding a used row, the last (overlapping) one included
+        n_full = n // chunk
+        want = min(n_full, -(-used // chunk)) + (n % chunk > 0 and used > n_full * chunk)
+        assert visits == want
+
+
 def test_new_tol_reg_covar_or_data_do_not_recompile(make_blobs):
     cache = jaxem.batch._fit_block._cache_size  # the EM loop's program, one of _fit's three
     x = make_blobs(7, 30, 2, 2)[0].astype(np.float32)
