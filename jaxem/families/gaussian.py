@@ -238,7 +238,7 @@ class Gaussian(Mixture):
                             lambda: fast)
 
     def _stats_exact(self, x, resp, params, counts):
-        """Second moments from direct differences ``x_n - mu_k``: ``(K, n, D)`` work."""
+        """Second moments from direct differences ``x_n - mu_k``: ``(K, D, n)`` work."""
         ct = self.covariance_type
         if ct in ("diag", "spherical"):
             # (K, D, n) with the rows minor, weighted and summed over them: 1.7x faster
