@@ -47,15 +47,21 @@ def _rows(family, params, x, weights, labels=None):
     ``labels (n,)``: a row with label ``k >= 0`` has its responsibilities clamped to
     component ``k`` and contributes ``log p(x, z = k)``; -1 marks an unlabelled row
     (semi-supervised EM maximises the sum of both kinds of terms)."""
-    log_joint = family.log_joint(params, x)
-    resp, ll_rows = family.posterior(log_joint)
-    if labels is not None:
-        known = labels >= 0
-        onehot = jax.nn.one_hot(labels, log_joint.shape[-1], dtype=resp.dtype)
-        resp = jnp.where(known[:, None], onehot, resp)
-        ll_rows = jnp.where(known, jnp.sum(onehot * jnp.where(onehot > 0, log_joint, 0.0),
-                                           axis=-1), ll_rows)
-    stats = family.stats(x, resp * weights[:, None], params)
+    def weigh(log_joint):  # (weighted responsibilities, per-row log-likelihood)
+        resp, ll_rows = family.posterior(log_joint)
+        if labels is not None:
+            known = labels >= 0
+            onehot = jax.nn.one_hot(labels, log_joint.shape[-1], dtype=resp.dtype)
+            resp = jnp.where(known[:, None], onehot, resp)
+            ll_rows = jnp.where(known, jnp.sum(
+                onehot * jnp.where(onehot > 0, log_joint, 0.0), axis=-1), ll_rows)
+        return resp * weights[:, None], ll_rows
+
+    if capability(family, "fused_rows"):
+        stats, ll_rows = family.log_joint_and_stats(params, x, weigh)
+    else:
+        resp, ll_rows = weigh(family.log_joint(params, x))
+        stats = family.stats(x, resp, params)
     ll_sum = jnp.sum(jnp.where(weights > 0, weights * ll_rows, 0.0))
     return stats, ll_sum, jnp.sum(weights)
 

@@ -83,17 +83,19 @@ def psum(tree: PyTree, axis_name: str | None) -> PyTree:
     return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
 
-def map_rows(fn: Callable, x: Array, chunk_size: int | None = None) -> PyTree:
+def map_rows(fn: Callable, x: PyTree, chunk_size: int | None = None) -> PyTree:
     """``fn(x_chunk)`` in chunks, outputs concatenated over the rows: per-row results
-    (responsibilities, log-likelihoods) without ``(n, K, D)`` temporaries."""
-    n = x.shape[0]
+    (responsibilities, log-likelihoods) without ``(n, K, D)`` temporaries. ``x`` is an
+    array or a pytree of arrays with the rows on their leading axis."""
+    n = jax.tree.leaves(x)[0].shape[0]
     if chunk_size is None or chunk_size >= n:
         return fn(x)
     n_full = n // chunk_size
-    out = jax.lax.map(fn, x[: n_full * chunk_size].reshape((n_full, chunk_size) + x.shape[1:]))
+    out = jax.lax.map(fn, jax.tree.map(
+        lambda a: a[: n_full * chunk_size].reshape((n_full, chunk_size) + a.shape[1:]), x))
     out = jax.tree.map(lambda a: a.reshape((n_full * chunk_size,) + a.shape[2:]), out)
     if n % chunk_size:  # the last chunk_size rows, of which the unseen ones are kept
-        tail = fn(x[n - chunk_size:])
+        tail = fn(jax.tree.map(lambda a: a[n - chunk_size:], x))
         out = jax.tree.map(lambda a, b: jnp.concatenate([a, b[n_full * chunk_size - n:]]),
                            out, tail)
     return out
@@ -106,11 +108,11 @@ def missing_order(x: Array) -> Array:
     return jnp.argsort(jnp.sum(jnp.isnan(x), axis=-1), axis=-1, stable=True)
 
 
-def map_missing_rows(fn: Callable, x: Array, chunk_size: int | None = None) -> PyTree:
-    """:func:`map_rows` over ``x``'s rows taken in :func:`missing_order`, the results
-    returned in ``x``'s order."""
-    order = missing_order(x)
-    out = map_rows(fn, x[order], chunk_size)
+def map_missing_rows(fn: Callable, x: PyTree, chunk_size: int | None = None) -> PyTree:
+    """:func:`map_rows` over the rows taken in the :func:`missing_order` of the first
+    array of ``x`` (the data), the results returned in the rows' own order."""
+    order = missing_order(jax.tree.leaves(x)[0])
+    out = map_rows(fn, jax.tree.map(lambda a: a[order], x), chunk_size)
     back = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
     return jax.tree.map(lambda a: a[back], out)
 

@@ -144,6 +144,29 @@ def test_impute_fills_only_missing_entries_with_conditional_means(ct, x64):
     np.testing.assert_allclose(got, np.einsum("nk,nkd->nd", resp, ex), rtol=1e-9)
 
 
+@pytest.mark.parametrize("ct", CTS)
+def test_fused_e_step_equals_log_joint_then_stats(ct, x64):
+    # The engine's one-pass E-step (each row's conditionals computed once) against the
+    # two family calls it replaces, with weights and partial labels.
+    fam, x, params, _ = _problem(ct, seed=13, n=40)
+    assert fam.fused_rows
+    x = jnp.asarray(x)
+    w = jnp.asarray(np.random.default_rng(1).uniform(0.5, 2.0, x.shape[0]))
+    labels = jnp.asarray(np.where(np.arange(x.shape[0]) % 3 == 0, 1, -1))
+    for lab in (None, labels):
+        stats, ll_sum, w_sum = em.e_step(fam, params, x, w, chunk_size=16, labels=lab)
+        lj = fam.log_joint(params, x)
+        resp, ll = fam.posterior(lj)
+        if lab is not None:
+            onehot = jax.nn.one_hot(lab, lj.shape[1])
+            resp = jnp.where(lab[:, None] >= 0, onehot, resp)
+            ll = jnp.where(lab >= 0, jnp.sum(onehot * lj, axis=1), ll)
+        want = fam.stats(x, resp * w[:, None], params)
+        for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(ll_sum, w @ ll, rtol=1e-12)
+
+
 def test_float32_missing_path_is_finite_and_close_to_float64():
     fam, x, params, _ = _problem("full", seed=4)
     p32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
@@ -229,6 +252,25 @@ def test_imputation_draws_have_the_posterior_predictive_moments(ct, x64):
     se = np.sqrt(var[miss] / m)
     assert np.all(np.abs(draws.mean(0)[miss] - mean[miss]) < 5 * se)
     np.testing.assert_allclose(draws.var(0)[miss], var[miss], rtol=0.15)
+
+
+@pytest.mark.parametrize("ct", ["full", "diag"])
+def test_imputation_in_chunks_equals_all_rows_at_once(ct, x64):
+    # Chunks (rows sorted by their gaps, buckets per chunk) must not change the
+    # conditional expectations, and each row's draws are keyed on the row, not the chunk.
+    from jaxem.families import gaussian_missing
+    fam, x, params, cov = _problem(ct, seed=12, n=37)
+    lj, _, _ = _reference(ct, x, np.asarray(params.weights), np.asarray(params.means), cov)
+    resp = jnp.asarray(np.exp(lj - np.logaddexp.reduce(lj, axis=1, keepdims=True)))
+    x = jnp.asarray(x)
+    whole = gaussian_missing.impute(fam, params, x, resp)
+    draws = gaussian_missing.impute_draws(fam, params, x, resp, jax.random.key(3), 4)
+    for chunk in (5, 16):
+        np.testing.assert_allclose(gaussian_missing.impute(fam, params, x, resp, chunk),
+                                   whole, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(
+            gaussian_missing.impute_draws(fam, params, x, resp, jax.random.key(3), 4, chunk),
+            draws, rtol=1e-7, atol=1e-7)
 
 
 def test_estimator_multiple_imputation(x64):

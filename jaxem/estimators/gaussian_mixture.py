@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from jaxem import progress
-from jaxem.batch import FitError, fit, has_nan, initial_params
+from jaxem.batch import FitError, auto_chunk_size, fit, has_nan, initial_params
 from jaxem.estimators._base import (MixtureMixin, check_n_samples, float_dtype, key_from,
                                     partial_labels, posterior, sample_weights, to_numpy)
 from jaxem.families import gaussian_missing
@@ -432,10 +432,12 @@ class GaussianMixture(Saveable, MixtureMixin, DensityMixin, BaseEstimator):
         X = np.asarray(X, dtype=self.means_.dtype)
         family, params = self._family(missing=True), self._params()
         x, resp = jnp.asarray(X), jnp.asarray(resp)
+        chunk = self.chunk_size or auto_chunk_size((1,) + x.shape, 1, len(self.means_),
+                                                   family)
         if n_imputations is None:
-            return np.asarray(gaussian_missing.impute(family, params, x, resp))
+            return np.asarray(_impute(family, params, x, resp, chunk))
         return np.asarray(_impute_draws(family, params, x, resp, key_from(random_state),
-                                        int(n_imputations)))
+                                        int(n_imputations), chunk))
 
     def _check_fitted_shapes(self):
         """Attributes set by hand must agree with each other (no silent broadcasting)."""
@@ -485,7 +487,9 @@ def _sample_block(family, params, key, block):
     return family.sample(key, params, block)
 
 
-_impute_draws = jax.jit(gaussian_missing.impute_draws, static_argnames="n_imputations")
+_impute = jax.jit(gaussian_missing.impute, static_argnames="chunk_size")
+_impute_draws = jax.jit(gaussian_missing.impute_draws,
+                        static_argnames=("n_imputations", "chunk_size"))
 
 
 def _precisions_cholesky(precisions, covariance_type):

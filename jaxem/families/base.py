@@ -91,6 +91,11 @@ class Family:
       ``missing`` switch, and :meth:`with_missing` sets it (the engine turns it on when
       the data have NaN; a family that wraps another, an HMM, passes it on).
     * ``gemm_rows``: the E-step is matrix multiplies over rows (chunks sized for that).
+    * ``fused_rows``: the family has ``log_joint_and_stats(params, x, weigh) -> (stats,
+      aux)``, one pass over a block of rows that hands its ``log_joint`` to the engine's
+      ``weigh(log_joint) -> (weighted resp, aux)`` and takes the statistics from the
+      same intermediates (rows with missing values factorise their blocks once, not
+      twice); the engine then calls it instead of ``log_joint`` and ``stats``.
 
     Optional methods: :meth:`log_prior`; ``sample(key, params, n)``,
     ``n_free_parameters(K, D)``, ``to_unconstrained``/``from_unconstrained`` (the
@@ -102,6 +107,7 @@ class Family:
     has_init: ClassVar[bool] = False
     supports_missing: ClassVar[bool] = False
     gemm_rows: ClassVar[bool] = False
+    fused_rows: ClassVar[bool] = False
 
     def log_prior(self, params: PyTree) -> Array:
         """``log p(params)`` up to a constant: the objective EM increases is the

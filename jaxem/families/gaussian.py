@@ -93,6 +93,17 @@ class Gaussian(Mixture):
         missing values no type is: each row factorises its own ``(K, D, D)`` blocks."""
         return self.covariance_type != "full" and not self.missing
 
+    @property
+    def fused_rows(self) -> bool:
+        """With missing values the E-step's log-joint and statistics share each row's
+        conditionals: :meth:`log_joint_and_stats` computes them once."""
+        return self.missing
+
+    def log_joint_and_stats(self, params: GaussianParams, x: jax.Array, weigh):
+        """The ``fused_rows`` E-step over a block of rows (see
+        :class:`jaxem.families.base.Family`)."""
+        return gaussian_missing.log_joint_and_stats(self, params, x, weigh)
+
     def __post_init__(self):
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(

@@ -24,6 +24,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxem import rows
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -173,29 +175,31 @@ def _blocked(family, params, x, fn):
     return _by_bucket(lambda m, x: fn(*_conditional(family, params, x, m)), x)
 
 
-def log_joint(family, params, x):
-    """``log p(x_o, z = k)`` over each row's observed features: ``(n, K)``."""
-    maha, log_det = _blocked(family, params, x, lambda d, c, maha, log_det: (maha, log_det))
+def _log_joint(params, x, maha, log_det):
+    """``log p(x_o, z = k)`` from the observed Mahalanobis distances and log-dets."""
     n_obs = jnp.sum(~jnp.isnan(x), axis=1).astype(x.dtype)
     log_gauss = -0.5 * (n_obs[:, None] * math.log(2 * math.pi) + maha + log_det)
     return jnp.log(params.weights) + log_gauss
 
 
-def stats(family, x, resp, params):
-    """Expected complete-data statistics (``GaussianStats``, second moments about the
-    current means as :meth:`Gaussian.stats` takes them)."""
+def _sums(resp, delta, cond_cov):
+    """``(sum_n r delta, sum_n r (delta delta^T + conditional covariance))`` per
+    component, the second moment in its covariance type's per-component shape."""
+    sum_delta = jnp.einsum("nk,nkd->kd", resp, delta, precision=_HIGHEST)
+    if cond_cov.ndim == 3:  # diag, spherical: conditional variances
+        return sum_delta, jnp.einsum("nk,nkd->kd", resp, delta * delta + cond_cov,
+                                     precision=_HIGHEST)
+    # delta delta^T + V^T V as one contraction over rows and slots
+    y = jnp.concatenate([delta[:, :, None], cond_cov], axis=2)  # (n, K, 1 + m, D)
+    return sum_delta, jnp.einsum("nk,nkjd,nkje->kde", resp, y, y, precision=_HIGHEST)
+
+
+def _stats_from(family, params, resp, sums):
+    """``GaussianStats`` (second moments about the current means, as
+    :meth:`Gaussian.stats` takes them) from :func:`_sums`."""
     from jaxem.families.gaussian import GaussianStats
 
-    def sums(delta, cond_cov, maha, log_det):
-        sum_delta = jnp.einsum("nk,nkd->kd", resp, delta, precision=_HIGHEST)
-        if cond_cov.ndim == 3:  # diag, spherical: conditional variances
-            return sum_delta, jnp.einsum("nk,nkd->kd", resp, delta * delta + cond_cov,
-                                         precision=_HIGHEST)
-        # delta delta^T + V^T V as one contraction over rows and slots
-        y = jnp.concatenate([delta[:, :, None], cond_cov], axis=2)  # (n, K, 1 + m, D)
-        return sum_delta, jnp.einsum("nk,nkjd,nkje->kde", resp, y, y, precision=_HIGHEST)
-
-    sum_delta, sum_xx = _blocked(family, params, x, sums)
+    sum_delta, sum_xx = sums
     counts = jnp.sum(resp, axis=0)
     sum_x = sum_delta + counts[:, None] * params.means
     if family.covariance_type == "spherical":
@@ -205,43 +209,83 @@ def stats(family, x, resp, params):
     return GaussianStats(counts, sum_x, sum_xx)
 
 
-def impute(family, params, x, resp):
+def log_joint(family, params, x):
+    """``log p(x_o, z = k)`` over each row's observed features: ``(n, K)``."""
+    maha, log_det = _blocked(family, params, x, lambda d, c, maha, log_det: (maha, log_det))
+    return _log_joint(params, x, maha, log_det)
+
+
+def stats(family, x, resp, params):
+    """Expected complete-data statistics (``GaussianStats``, second moments about the
+    current means as :meth:`Gaussian.stats` takes them)."""
+    sums = _blocked(family, params, x, lambda delta, cond_cov, *_: _sums(resp, delta, cond_cov))
+    return _stats_from(family, params, resp, sums)
+
+
+def log_joint_and_stats(family, params, x, weigh):
+    """The E-step over a block of rows with each row's conditionals computed once:
+    ``weigh(log_joint (n, K)) -> (weighted resp (n, K), aux)``; returns
+    ``(GaussianStats, aux)`` (see :class:`jaxem.families.base.Family`'s ``fused_rows``)."""
+    def both(delta, cond_cov, maha, log_det):
+        resp, aux = weigh(_log_joint(params, x, maha, log_det))
+        return resp, aux, _sums(resp, delta, cond_cov)
+
+    resp, aux, sums = _blocked(family, params, x, both)
+    return _stats_from(family, params, resp, sums), aux
+
+
+def impute(family, params, x, resp, chunk_size: int | None = None):
     """``x (n, D)`` with each missing entry replaced by its conditional expectation
-    ``sum_k resp_nk E[x | x_o, z = k]``; observed entries are returned unchanged."""
-    delta = _blocked(family, params, x, lambda delta, *_: delta)
-    expected = jnp.einsum("nk,nkd->nd", resp, delta + params.means[None], precision=_HIGHEST)
-    return jnp.where(jnp.isnan(x), expected, x)
+    ``sum_k resp_nk E[x | x_o, z = k]``; observed entries are returned unchanged.
+    Rows go in chunks of ``chunk_size`` (sorted by their gaps, returned in order), so
+    the per-row conditionals ``(chunk, K, D)`` stay bounded."""
+    def fill(chunk):
+        xc, rc = chunk
+        delta = _blocked(family, params, xc, lambda delta, *_: delta)
+        expected = jnp.einsum("nk,nkd->nd", rc, delta + params.means[None],
+                              precision=_HIGHEST)
+        return jnp.where(jnp.isnan(xc), expected, xc)
+
+    return rows.map_missing_rows(fill, (x, resp), chunk_size)
 
 
-def impute_draws(family, params, x, resp, key, n_imputations: int):
+def impute_draws(family, params, x, resp, key, n_imputations: int,
+                 chunk_size: int | None = None):
     """``(n_imputations, n, D)`` draws from the posterior predictive of the missing
     entries of ``x (n, D)``: per draw and row, a component ``k ~ resp`` (the row's
     posterior ``(n, K)``), then the missing entries from ``N(E[x_m | x_o, k],
     Cov[x_m | x_o, k])``; observed entries are returned unchanged in every draw.
 
     The conditional covariance is factored by ``eigh`` (negative rounding clipped to 0),
-    which never fails where a Cholesky factor of a nearly singular one would."""
+    which never fails where a Cholesky factor of a nearly singular one would. Rows go
+    in chunks of ``chunk_size``, so the ``(chunk, K, D, D)`` covariances stay bounded;
+    each row's draws are keyed on ``key`` and the row's index, whatever the chunks."""
     def covariance(delta, factor, *_):  # full, tied: V^T V per row and component
         return delta, (factor if factor.ndim == 3 else
                        jnp.einsum("nkjd,nkje->nkde", factor, factor, precision=_HIGHEST))
 
-    delta, cond_cov = _blocked(family, params, x, covariance)
-    mean = delta + params.means[None]  # (n, K, D)
-    if cond_cov.ndim == 3:  # diag, spherical: independent given the component
-        factor = jnp.sqrt(jnp.maximum(cond_cov, 0.0))
-    else:
-        vals, vecs = jnp.linalg.eigh(cond_cov)
-        factor = vecs * jnp.sqrt(jnp.maximum(vals, 0.0))[..., None, :]  # F F^T = cov
-    rows = jnp.arange(x.shape[0])
-    log_resp = jnp.log(resp)
+    def draw(chunk):
+        xc, rc, index = chunk
+        delta, cond_cov = _blocked(family, params, xc, covariance)
+        mean = delta + params.means[None]  # (n, K, D)
+        if cond_cov.ndim == 3:  # diag, spherical: independent given the component
+            factor = jnp.sqrt(jnp.maximum(cond_cov, 0.0))
+        else:
+            vals, vecs = jnp.linalg.eigh(cond_cov)
+            factor = vecs * jnp.sqrt(jnp.maximum(vals, 0.0))[..., None, :]  # F F^T = cov
 
-    def one(key):
-        key_z, key_e = jax.random.split(key)
-        z = jax.random.categorical(key_z, log_resp, axis=-1)  # (n,)
-        eps = jax.random.normal(key_e, x.shape, x.dtype)
-        f = factor[rows, z]
-        noise = f * eps if f.ndim == 2 else jnp.einsum("nde,ne->nd", f, eps,
-                                                      precision=_HIGHEST)
-        return jnp.where(jnp.isnan(x), mean[rows, z] + noise, x)
+        def row(i, x_n, log_r, mean_n, factor_n):  # (n_imputations, D)
+            def one(key_j):
+                key_z, key_e = jax.random.split(key_j)
+                z = jax.random.categorical(key_z, log_r)
+                eps = jax.random.normal(key_e, x_n.shape, x_n.dtype)
+                f = factor_n[z]
+                noise = f * eps if f.ndim == 1 else jnp.matmul(f, eps, precision=_HIGHEST)
+                return jnp.where(jnp.isnan(x_n), mean_n[z] + noise, x_n)
 
-    return jax.lax.map(one, jax.random.split(key, n_imputations))
+            return jax.vmap(one)(jax.random.split(jax.random.fold_in(key, i), n_imputations))
+
+        return jax.vmap(row)(index, xc, jnp.log(rc), mean, factor)
+
+    index = jnp.arange(x.shape[0], dtype=jnp.int32)
+    return jnp.swapaxes(rows.map_missing_rows(draw, (x, resp, index), chunk_size), 0, 1)
