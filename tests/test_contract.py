@@ -94,6 +94,14 @@ def test_follows_the_contract(name):
     assert isinstance(fam, SequenceFamily if capability(fam, "has_e_step") else MixtureFamily)
     if capability(fam, "centres_data"):
         assert callable(fam.translate)
+    if capability(fam, "fused_rows"):
+        assert callable(fam.log_joint_and_stats)
+
+
+def test_only_the_missing_value_gaussian_fuses_its_e_step():
+    assert capability(jaxem.gaussian("full", missing=True), "fused_rows")
+    assert not capability(jaxem.gaussian("full"), "fused_rows")
+    assert not any(capability(FAMILIES[name][0], "fused_rows") for name in NAMES)
 
 
 def test_an_unregistered_family_is_refused_with_a_jaxem_error():
