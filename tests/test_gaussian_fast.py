@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import jaxem
 from jaxem import em
@@ -65,6 +66,20 @@ def test_log_likelihood_float32_close_to_float64(ct, far, sigma):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4 * D)
 
 
+def _sum_xx64(ct, x, resp, means):
+    """``sum_n r_nk (x_n - mu_k)^2`` reduced to ``ct``'s shape, in float64 directly."""
+    x, resp, means = (np.asarray(a, np.float64) for a in (x, resp, means))
+    diff = x[:, None, :] - means[None]
+    if ct == "tied":
+        return np.einsum("nk,nkd,nke->de", resp, diff, diff)
+    sum_xx = np.einsum("nk,nkd->kd", resp, diff**2)
+    return sum_xx.sum(1) if ct == "spherical" else sum_xx
+
+
+def _two_blob_resp(x):
+    return jax.nn.one_hot((jnp.arange(x.shape[0]) >= 300).astype(jnp.int32), 2)
+
+
 @pytest.mark.parametrize("ct", ["diag", "spherical", "tied"])
 def test_fast_form_used_and_equal_to_exact(ct):
     fam, x, params = _data_and_params(ct, 3.0, 1.0)
@@ -72,13 +87,74 @@ def test_fast_form_used_and_equal_to_exact(ct):
     assert not bool(fam._maha_risky(params, c))
     np.testing.assert_allclose(fam._maha_fast(params, x, c), fam._maha_exact(params, x),
                                rtol=1e-5, atol=1e-4)
-    fast = fam.stats(x, jax.nn.one_hot((jnp.arange(x.shape[0]) >= 300).astype(jnp.int32), 2), params)
-    exact = fam._stats_exact(x, jax.nn.one_hot((jnp.arange(x.shape[0]) >= 300).astype(jnp.int32), 2), params,
-                             fast.counts)
-    for a, b in zip(fast, exact):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+    resp = _two_blob_resp(x)
+    _, risky = fam._stats_fast(x, resp, params, jnp.sum(resp, axis=0))
+    assert not np.any(risky)
+    stats = fam.stats(x, resp, params)
+    want = _sum_xx64(ct, x, resp, params.means)
+    np.testing.assert_allclose(stats.sum_xx, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_allclose(stats.sum_x, np.asarray(resp).T @ np.asarray(x, np.float64),
+                               rtol=1e-5, atol=1e-3)
     _, far_params = _data_and_params(ct, 50.0, 1e-3)[::2]
     assert bool(fam._maha_risky(far_params, c))
+
+
+@pytest.mark.parametrize("ct", ["diag", "spherical"])
+def test_only_the_inaccurate_component_is_recomputed(ct):
+    # A tight component 50 away from the rows' mean is flagged and recomputed; the broad
+    # one near that mean keeps its GEMM value (bit for bit), and both equal float64.
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(size=(1000, D)),
+                        50.0 + 1e-3 * rng.normal(size=(10, D))]).astype(np.float32)
+    fam = jaxem.gaussian(ct)
+    prec = np.array([[1.0] * D, [1e3] * D]) if ct == "diag" else np.array([1.0, 1e3])
+    params = GaussianParams(jnp.array([0.99, 0.01]), jnp.array([[0.0] * D, [50.0] * D]),
+                            jnp.asarray(prec, jnp.float32))
+    resp = jax.nn.one_hot((jnp.arange(x.shape[0]) >= 1000).astype(jnp.int32), 2)
+    fast, risky = jax.jit(fam._stats_fast)(x, resp, params, jnp.sum(resp, axis=0))
+    np.testing.assert_array_equal(risky, [False, True])
+    stats = jax.jit(fam.stats)(x, resp, params)
+    want = _sum_xx64(ct, x, resp, params.means)
+    np.testing.assert_allclose(stats.sum_xx, want, rtol=1e-5)
+    np.testing.assert_array_equal(stats.sum_xx[0], fast.sum_xx[0])
+    assert abs(float(np.sum(fast.sum_xx[1])) / want[1].sum() - 1) > 1e-2  # GEMM form: off
+
+
+@settings(max_examples=25, deadline=None)
+@given(far=st.floats(0.0, 1e3), log_sigma=st.floats(-4.0, 0.0), seed=st.integers(0, 2**16),
+       ct=st.sampled_from(["diag", "spherical"]))
+def test_stats_within_documented_tolerance_of_float64(far, log_sigma, seed, ct):
+    # Whatever the separation, each component's sum_xx is within _RTOL (here 1.5e-4 for
+    # the float64 side's own rounding) of float64 plus reg_covar * counts.
+    rng = np.random.default_rng(seed)
+    k, d, n = 3, 3, 200
+    means = (rng.normal(size=(k, d)) * far).astype(np.float32)
+    sigma = (10.0 ** log_sigma) * rng.uniform(0.5, 2.0, (k, d))
+    z = rng.integers(0, k, n)
+    x = (means[z] + sigma[z] * rng.normal(size=(n, d))).astype(np.float32)
+    fam = jaxem.gaussian(ct)
+    prec = 1 / sigma if ct == "diag" else 1 / sigma.mean(1)
+    params = GaussianParams(jnp.full(k, 1 / k), jnp.asarray(means), jnp.asarray(prec, jnp.float32))
+    resp = fam.posterior(fam.log_joint(params, x))[0]  # near one-hot when far apart
+    got = np.asarray(jax.jit(fam.stats)(x, resp, params).sum_xx, np.float64)
+    want = _sum_xx64(ct, x, resp, means)
+    counts = np.asarray(resp, np.float64).sum(0)
+    floor = fam.reg_covar * counts * (d if ct == "spherical" else 1)
+    if ct == "diag":
+        floor = floor[:, None]
+    assert np.all(np.abs(got - want) <= 1.5e-4 * (want + floor))
+
+
+def test_vmapped_restarts_each_recompute_only_their_own_components():
+    fam, x, near = _data_and_params("diag", 3.0, 1.0)
+    _, _, far = _data_and_params("diag", 50.0, 1e-3)
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), near, far)
+    resp = _two_blob_resp(x)
+    got = jax.jit(jax.vmap(fam.stats, (None, None, 0)))(x, resp, both)
+    for i, p in enumerate((near, far)):
+        want = jax.jit(fam.stats)(x, resp, p)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a[i], b, rtol=1e-6)
 
 
 @pytest.mark.parametrize("ct", ["diag", "spherical"])
