@@ -53,17 +53,18 @@ def scan_rows(fn: Callable, carry: PyTree, x: PyTree, weights: Array,
         return fn(carry, xc, jnp.where(start + local < seen, 0, wc), offset + start + local)
 
     n_full = n // chunk_size
-    if not skip_tail:
-        carry = jax.lax.fori_loop(0, n_full, lambda i, c: at(c, i * chunk_size, 0), carry)
-        return at(carry, n - chunk_size, n_full * chunk_size) if n % chunk_size else carry
-    used = jnp.max(jnp.where(weights > 0, jnp.arange(1, n + 1, dtype=jnp.int32), 0))
-    n_run = jnp.minimum(n_full, (used + chunk_size - 1) // chunk_size)
+    if skip_tail:  # one past the last row of positive weight
+        used = jnp.max(jnp.where(weights > 0, jnp.arange(1, n + 1, dtype=jnp.int32), 0))
+        n_run = jnp.minimum(n_full, (used + chunk_size - 1) // chunk_size)
+    else:
+        used, n_run = n, n_full
     carry = jax.lax.fori_loop(0, n_run, lambda i, c: at(c, i * chunk_size, 0), carry)
-    if n % chunk_size:
-        carry = jax.lax.cond(used > n_full * chunk_size,
-                             lambda c: at(c, n - chunk_size, n_full * chunk_size),
-                             lambda c: c, carry)
-    return carry
+    if n % chunk_size == 0:
+        return carry
+    tail = lambda c: at(c, n - chunk_size, n_full * chunk_size)
+    if not skip_tail:
+        return tail(carry)
+    return jax.lax.cond(used > n_full * chunk_size, tail, lambda c: c, carry)
 
 
 def sum_rows(fn: Callable, x: PyTree, weights: Array, chunk_size: int | None = None,

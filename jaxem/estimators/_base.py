@@ -49,10 +49,15 @@ def posterior(family, params, x, chunk_size=None):
     so no ``(n, K, D)`` temporary is ever live.
     """
     x = jnp.asarray(x)
-    if chunk_size is None:
-        chunk_size = auto_chunk_size((1,) + x.shape, 1, family.locations(params).shape[0],
-                                     family)
-    return _posterior(family, params, x, chunk_size)
+    return _posterior(family, params, x, rows_per_chunk(family, params, x, chunk_size))
+
+
+def rows_per_chunk(family, params, x, chunk_size=None) -> int | None:
+    """``chunk_size``, or :func:`jaxem.batch.auto_chunk_size` for one fitted model on
+    ``x (n, D)``: the rows per chunk of a pass after fitting."""
+    if chunk_size is not None:
+        return chunk_size
+    return auto_chunk_size((1,) + x.shape, 1, family.locations(params).shape[0], family)
 
 
 @functools.partial(jax.jit, static_argnames="chunk_size")

@@ -16,9 +16,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from jaxem import progress
-from jaxem.batch import FitError, auto_chunk_size, fit, has_nan, initial_params
+from jaxem.batch import FitError, fit, has_nan, initial_params
 from jaxem.estimators._base import (MixtureMixin, check_n_samples, float_dtype, key_from,
-                                    partial_labels, posterior, sample_weights, to_numpy)
+                                    partial_labels, posterior, rows_per_chunk,
+                                    sample_weights, to_numpy)
 from jaxem.families import gaussian_missing
 from jaxem.families.gaussian import COVARIANCE_TYPES, GaussianParams, gaussian
 from jaxem.init import INIT_METHODS
@@ -432,8 +433,7 @@ class GaussianMixture(Saveable, MixtureMixin, DensityMixin, BaseEstimator):
         X = np.asarray(X, dtype=self.means_.dtype)
         family, params = self._family(missing=True), self._params()
         x, resp = jnp.asarray(X), jnp.asarray(resp)
-        chunk = self.chunk_size or auto_chunk_size((1,) + x.shape, 1, len(self.means_),
-                                                   family)
+        chunk = rows_per_chunk(family, params, x, self.chunk_size)
         if n_imputations is None:
             return np.asarray(_impute(family, params, x, resp, chunk))
         return np.asarray(_impute_draws(family, params, x, resp, key_from(random_state),
