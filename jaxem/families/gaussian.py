@@ -327,7 +327,10 @@ class Gaussian(Mixture):
             scale = (jnp.maximum(jnp.diagonal(sum_xx), 0.0)
                      + self.reg_covar * jnp.sum(counts))
         risky = (_GAMMA * jnp.finfo(x.dtype).eps) * big > _RTOL * scale
-        risky = jnp.any(risky) if ct == "tied" else risky.reshape(risky.shape[0], -1).any(1)
+        if ct == "diag":  # a flag per component
+            risky = jnp.any(risky, axis=1)
+        elif ct == "tied":  # one for the pooled matrix
+            risky = jnp.any(risky)
         return GaussianStats(counts, sum_x, sum_xx), risky
 
     def _raw_moments(self, x, resp):
