@@ -14,8 +14,9 @@ compiled computation with masks, never a loop over missing patterns:
   the chunk's most missing entries, rounded up to a bucket. Rows sorted by their number
   of missing entries (as :func:`jaxem.fit` sorts them) make most chunks' blocks small.
 
-Work is ``(rows, K, D)`` plus ``(rows, K, m, D)`` with an ``m x m`` Cholesky per row and
-component (full/tied), bounded by the engine's chunks.
+Work is ``(rows, K, D)`` GEMM-shaped, plus for full/tied an ``m x m`` Cholesky, solve and
+inverse per row and component as elementwise work on ``(rows, K)`` arrays, and a scatter
+of each row's conditional covariance into ``(K, D, D)``; bounded by the engine's chunks.
 """
 from __future__ import annotations
 
@@ -67,33 +68,40 @@ def _most_missing_vmap(axis_size, in_batched, x):
     return _most_missing(x.reshape((-1,) + x.shape[-1:])), False
 
 
-def _chol_columns(a):
-    """Columns ``(..., m)`` of the lower Cholesky factor of SPD ``a (..., m, m)``."""
-    m = a.shape[-1]
-    below = jnp.arange(m)
-    cols = []
+def _cholesky(a):
+    """Lower Cholesky factor of the SPD matrix given by its entries ``a[i][j]`` (each an
+    array, e.g. ``(n, K)``): the entries ``L[i][j]``, ``j <= i``."""
+    m = len(a)
+    low = [[None] * m for _ in range(m)]
     for j in range(m):
-        c = a[..., :, j]
-        for i in range(j):
-            c = c - cols[i] * cols[i][..., j:j + 1]
-        cols.append(jnp.where(below >= j, c, 0.0) / jnp.sqrt(c[..., j:j + 1]))
-    return cols
+        low[j][j] = jnp.sqrt(a[j][j] - sum(low[j][i] ** 2 for i in range(j)))
+        for i in range(j + 1, m):
+            low[i][j] = (a[i][j] - sum(low[i][l] * low[j][l] for l in range(j))) / low[j][j]
+    return low
 
 
-def _forward(cols, b):
-    """``L^-1 b`` for ``L`` given by its columns ``(n, K, m)`` and ``b (n, K, m, ...)``:
-    a list of the ``m`` entries ``(n, K, ...)``."""
+def _solve(low, b):
+    """``(L L^T)^-1 b`` for ``b`` given by its entries."""
+    m = len(b)
     u = []
-    for j, col in enumerate(cols):
-        v = b[:, :, j]
-        for i in range(j):
-            v = v - _bcast(cols[i][..., j], v) * u[i]
-        u.append(v / _bcast(col[..., j], v))
-    return u
+    for j in range(m):
+        u.append((b[j] - sum(low[j][i] * u[i] for i in range(j))) / low[j][j])
+    z = [None] * m
+    for j in reversed(range(m)):
+        z[j] = (u[j] - sum(low[i][j] * z[i] for i in range(j + 1, m))) / low[j][j]
+    return z
 
 
-def _bcast(a, like):
-    return a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
+def _inverse(low):
+    """The upper triangle's entries of ``(L L^T)^-1 = L^-T L^-1``."""
+    m = len(low)
+    inv = [[None] * m for _ in range(m)]  # L^-1, lower
+    for c in range(m):
+        inv[c][c] = 1.0 / low[c][c]
+        for i in range(c + 1, m):
+            inv[i][c] = -sum(low[i][l] * inv[l][c] for l in range(c, i)) / low[i][i]
+    return [[sum(inv[l][i] * inv[l][j] for l in range(j, m)) if j >= i else None
+             for j in range(m)] for i in range(m)]
 
 
 def _mask(x):
@@ -137,35 +145,58 @@ def _conditional(family, params, x, m=None):
         log_det = -2.0 * jnp.matmul(o, jnp.log(p).T, precision=_HIGHEST)  # of S_oo
         cond_cov = (1.0 - o)[:, None, :] / (p * p)[None]
         return diff, cond_cov, maha, log_det
-    p = jnp.broadcast_to(params.precisions_cholesky, mu.shape + mu.shape[-1:])  # tied: each k
+    k, d = mu.shape
+    p = jnp.broadcast_to(params.precisions_cholesky, (k, d, d))  # tied: each k
     log_det = -2.0 * jnp.sum(jnp.log(jnp.diagonal(p, axis1=-2, axis2=-1)), axis=-1)  # S
-    # The row's missing features as one-hot slots e (n, m, D), in order, 0 rows unused.
-    miss = 1.0 - o
-    rank = jnp.cumsum(miss, axis=-1) - 1.0
-    e = miss[:, None, :] * (rank[:, None, :] == jnp.arange(m, dtype=x.dtype)[:, None])
-    valid = jnp.sum(e, axis=-1)  # (n, m)
+    if not m:  # complete rows
+        y = jnp.einsum("nkd,kde->nke", diff, p, precision=_HIGHEST)
+        return diff, (jnp.zeros((0,) + diff.shape[:2], x.dtype),
+                      jnp.zeros((0, x.shape[0]), jnp.int32)), jnp.sum(y * y, -1), \
+            jnp.broadcast_to(log_det, diff.shape[:2])
+    # The row's missing features by index, in order, and which of the m slots are used.
+    # Gathers by index, not one-hot contractions: those reduce over the minor axis,
+    # which XLA's CPU backend runs several times slower than the whole rest.
+    idx, valid = _missing_slots(x, m)
     lam = jnp.einsum("kde,kfe->kdf", p, p, precision=_HIGHEST)
-    lam_m = jnp.einsum("nmd,kdf->nkmf", e, lam, precision=_HIGHEST)  # rows Lam_m. (one-hot)
-    b = valid[:, None] * jnp.sum(lam_m * diff[:, :, None], axis=-1)  # Lam_mo d_o (n, K, m)
-    lam_mm = jnp.sum(lam_m[:, :, :, None] * e[:, None, None], axis=-1)  # (n, K, m, m)
-    pair = (valid[:, :, None] * valid[:, None, :])[:, None]
-    lam_mm = pair * lam_mm + (1.0 - pair) * jnp.eye(m, dtype=x.dtype)  # unused slots: 1
-    cols = _chol_columns(lam_mm)
-    u = _forward(cols, b)
-    z = []  # Lam_mm^-1 b = L^-T u, last entry first
-    for j in reversed(range(m)):
-        v = u[j]
-        for i, zi in zip(range(m - 1, j, -1), z):
-            v = v - cols[j][..., i] * zi
-        z.append(v / cols[j][..., j])
-    delta = diff - sum(zj[..., None] * e[:, None, j] for j, zj in zip(reversed(range(m)), z))
+    lam_d = jnp.einsum("nkd,kdf->fnk", diff, lam, precision=_HIGHEST)  # Lam d_o (D, n, K)
+    # Entries of Lam_mm and Lam_mo d_o as (n, K) arrays: the unrolled m x m algebra is
+    # then elementwise work on whole arrays that XLA fuses (slices of a minor m axis
+    # made XLA's CPU backend slower than all the rest).
+    b = valid.T[:, :, None] * jnp.take_along_axis(lam_d, idx.T[:, :, None], axis=0)
+    lam_mm = jnp.take(lam.reshape(k, d * d).T, idx.T[:, None] * d + idx.T[None], axis=0)
+
+    def entry(i, j):  # (m, m, n, K) gathered; unused slots: the identity
+        used = valid[:, i, None] * valid[:, j, None]
+        return used * lam_mm[i, j] + (1.0 - used if i == j else 0.0)
+
+    low = _cholesky([[entry(i, j) if j <= i else None for j in range(m)] for i in range(m)])
+    z = _solve(low, list(b))  # Lam_mm^-1 Lam_mo d_o
+    e = valid[..., None] * jax.nn.one_hot(idx, d, dtype=x.dtype)  # the slots, (n, m, D)
+    delta = diff - sum(z[j][..., None] * e[:, None, j] for j in range(m))
     y = jnp.einsum("nkd,kde->nke", delta, p, precision=_HIGHEST)
     maha = jnp.sum(y * y, axis=-1)
-    log_det = log_det + 2.0 * sum(jnp.log(c[..., j]) for j, c in enumerate(cols))
+    log_det = log_det + 2.0 * sum(jnp.log(low[j][j]) for j in range(m))
     log_det = jnp.where(jnp.sum(o, axis=-1)[:, None] > 0, log_det, 0.0)  # nothing observed
-    factor = jnp.stack(_forward(cols, jnp.broadcast_to(e[:, None], b.shape + e.shape[-1:])),
-                       axis=2) if m else jnp.zeros(b.shape + e.shape[-1:], x.dtype)
-    return delta, factor, maha, log_det
+    # The conditional covariance Lam_mm^-1, its upper triangle as (m (m + 1) / 2, n, K)
+    # with each entry's flat index into (D, D), 0 for unused slots.
+    inv = _inverse(low)
+    upper = [(i, j) for i in range(m) for j in range(i, m)]
+    cov = jnp.stack([inv[i][j] * (valid[:, i] * valid[:, j])[:, None] for i, j in upper])
+    flat = jnp.stack([idx[:, i] * d + idx[:, j] for i, j in upper])
+    return delta, (cov, flat), maha, log_det
+
+
+def _missing_slots(x, m):
+    """``(idx (n, m) int32, valid (n, m) 0/1)``: the indices of each row's first ``m``
+    missing features in order, and which slots hold one. The ``j``-th missing feature
+    is preceded by ``j`` of them: its index counts the features with at most ``j``
+    missing up to and including them (a compare and a sum; XLA's CPU backend runs
+    ``argsort`` and ``top_k`` inside a larger program as a full sort, ~10x slower)."""
+    d = x.shape[-1]
+    seen = jnp.cumsum(jnp.isnan(x), axis=-1, dtype=jnp.int32)  # (n, D)
+    before = seen[:, None, :] <= jnp.arange(m, dtype=jnp.int32)[:, None]  # (n, m, D)
+    idx = jnp.minimum(jnp.sum(before, axis=-1, dtype=jnp.int32), d - 1)
+    return idx, (jnp.arange(m) < seen[:, -1:]).astype(x.dtype)
 
 
 def _blocked(family, params, x, fn):
@@ -186,12 +217,30 @@ def _sums(resp, delta, cond_cov):
     """``(sum_n r delta, sum_n r (delta delta^T + conditional covariance))`` per
     component, the second moment in its covariance type's per-component shape."""
     sum_delta = jnp.einsum("nk,nkd->kd", resp, delta, precision=_HIGHEST)
-    if cond_cov.ndim == 3:  # diag, spherical: conditional variances
+    if not isinstance(cond_cov, tuple):  # diag, spherical: conditional variances
         return sum_delta, jnp.einsum("nk,nkd->kd", resp, delta * delta + cond_cov,
                                      precision=_HIGHEST)
-    # delta delta^T + V^T V as one contraction over rows and slots
-    y = jnp.concatenate([delta[:, :, None], cond_cov], axis=2)  # (n, K, 1 + m, D)
-    return sum_delta, jnp.einsum("nk,nkjd,nkje->kde", resp, y, y, precision=_HIGHEST)
+    # full, tied: each row's m x m block added where its missing features pair up: a
+    # scatter of m (m + 1) / 2 numbers per row and component (the upper triangle; the
+    # slots are in feature order, so it lands in the upper triangle of (D, D)), not an
+    # (m, D, D) contraction
+    cov, flat = cond_cov
+    k, d = delta.shape[1:]
+    upper = jax.ops.segment_sum((resp * cov).reshape(-1, k), flat.reshape(-1),
+                                num_segments=d * d).T.reshape(k, d, d)
+    block = upper + jnp.swapaxes(jnp.triu(upper, 1), 1, 2)
+    return sum_delta, (jnp.einsum("nk,nkd,nke->kde", resp, delta, delta, precision=_HIGHEST)
+                       + block)
+
+
+def _scattered(cond_cov, d):
+    """Each row's conditional covariance ``(n, K, D, D)`` (0 where a feature is observed)
+    from a full/tied ``(cov, flat)`` (see :func:`_conditional`)."""
+    cov, flat = cond_cov
+    upper = jax.nn.one_hot(flat, d * d, dtype=cov.dtype)  # (P, n, D * D)
+    upper = jnp.einsum("pnk,pne->nke", cov, upper, precision=_HIGHEST).reshape(
+        cov.shape[1:] + (d, d))
+    return upper + jnp.swapaxes(jnp.triu(upper, 1), -1, -2)
 
 
 def _stats_from(family, params, resp, sums):
@@ -260,9 +309,9 @@ def impute_draws(family, params, x, resp, key, n_imputations: int,
     which never fails where a Cholesky factor of a nearly singular one would. Rows go
     in chunks of ``chunk_size``, so the ``(chunk, K, D, D)`` covariances stay bounded;
     each row's draws are keyed on ``key`` and the row's index, whatever the chunks."""
-    def covariance(delta, factor, *_):  # full, tied: V^T V per row and component
-        return delta, (factor if factor.ndim == 3 else
-                       jnp.einsum("nkjd,nkje->nkde", factor, factor, precision=_HIGHEST))
+    def covariance(delta, cond_cov, *_):
+        return delta, (_scattered(cond_cov, delta.shape[-1]) if isinstance(cond_cov, tuple)
+                       else cond_cov)
 
     def draw(chunk):
         xc, rc, index = chunk
