@@ -81,6 +81,19 @@ def test_log_joint_is_the_marginal_of_the_observed_features(ct, x64):
 
 @pytest.mark.parametrize("ct", CTS)
 def test_em_step_uses_conditional_means_and_covariances(ct, x64):
+    _check_em_step(ct)
+
+
+@pytest.mark.parametrize("ct", ["full", "tied"])
+def test_em_step_with_blocks_factorised_in_loops(ct, x64, monkeypatch):
+    # Missing blocks larger than _UNROLL are factorised in loops over their columns
+    # (data with many features); here every block is.
+    from jaxem.families import gaussian_missing
+    monkeypatch.setattr(gaussian_missing, "_UNROLL", 0)
+    _check_em_step(ct)
+
+
+def _check_em_step(ct):
     fam, x, params, cov = _problem(ct, seed=1)
     w, mu = (np.asarray(a) for a in params[:2])
     lj, ex, exx = _reference(ct, x, w, mu, cov)

@@ -24,6 +24,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxem import rows
 
@@ -68,9 +69,39 @@ def _most_missing_vmap(axis_size, in_batched, x):
     return _most_missing(x.reshape((-1,) + x.shape[-1:])), False
 
 
+# Blocks up to this size are factorised unrolled, entry by entry; larger ones (chunks
+# with many gaps, from data with more than 16 features) in loops over the columns,
+# whose compile time does not grow with m^3 but which run ~10x slower (N=1024 rows,
+# K=8: an unrolled 16 x 16 block took 9 s to compile and 9 ms to run, in loops 0.8 s
+# and 113 ms; an unrolled 8 x 8 block 2.3 s and 2.5 ms).
+_UNROLL = 16
+
+
+def _spd(entry, b):
+    """For the SPD matrix ``a`` with entries ``entry(i, j)`` (``j <= i``) and ``b`` (a list
+    of ``m`` entries), each an array of one shape: ``(log det a, a^-1 b as a list, the
+    upper triangle of a^-1 stacked (m (m + 1) / 2, ...) in row order)``."""
+    m = len(b)
+    if m > _UNROLL:
+        low = _cholesky_rolled(jnp.stack([jnp.stack([entry(max(i, j), min(i, j))
+                                                      for j in range(m)]) for i in range(m)]))
+        z, inv = _solve_rolled(low, jnp.stack(b)), _inverse_rolled(low)
+        diag = jnp.diagonal(low, axis1=0, axis2=1)
+        return 2.0 * jnp.sum(jnp.log(diag), axis=-1), list(z), inv[_upper(m)]
+    low = _cholesky([[entry(i, j) if j <= i else None for j in range(m)] for i in range(m)])
+    z, inv = _solve(low, b), _inverse(low)
+    return (2.0 * sum(jnp.log(low[j][j]) for j in range(m)), z,
+            jnp.stack([inv[i][j] for i, j in zip(*_upper(m))]))
+
+
+def _upper(m):
+    """The upper triangle's ``(rows, columns)`` of an ``m x m`` matrix, in row order."""
+    return tuple(np.triu_indices(m))
+
+
 def _cholesky(a):
     """Lower Cholesky factor of the SPD matrix given by its entries ``a[i][j]`` (each an
-    array, e.g. ``(n, K)``): the entries ``L[i][j]``, ``j <= i``."""
+    array, e.g. ``(K, n)``): the entries ``L[i][j]``, ``j <= i``."""
     m = len(a)
     low = [[None] * m for _ in range(m)]
     for j in range(m):
@@ -102,6 +133,48 @@ def _inverse(low):
             inv[i][c] = -sum(low[i][l] * inv[l][c] for l in range(c, i)) / low[i][i]
     return [[sum(inv[l][i] * inv[l][j] for l in range(j, m)) if j >= i else None
              for j in range(m)] for i in range(m)]
+
+
+def _cholesky_rolled(a):
+    """:func:`_cholesky` of ``a (m, m, ...)`` as a loop over its columns (right-looking:
+    each column's outer product leaves the trailing block): ``L (m, m, ...)``."""
+    m = a.shape[0]
+    ix = jnp.arange(m).reshape((m,) + (1,) * (a.ndim - 2))
+
+    def column(j, carry):
+        a, low = carry
+        col = a[:, j] / jnp.sqrt(a[j, j])
+        col = jnp.where(ix >= j, col, 0.0)
+        return a - col[:, None] * col[None], low.at[:, j].set(col)
+
+    return jax.lax.fori_loop(0, m, column, (a, jnp.zeros_like(a)))[1]
+
+
+def _solve_rolled(low, b):
+    """:func:`_solve` with ``L (m, m, ...)`` and ``b (m, ...)`` in loops."""
+    m = b.shape[0]
+
+    def forward(j, u):  # u's entries from j on are still 0
+        return u.at[j].set((b[j] - jnp.sum(low[j] * u, axis=0)) / low[j, j])
+
+    def back(i, z):
+        j = m - 1 - i
+        return z.at[j].set((u[j] - jnp.sum(low[:, j] * z, axis=0)) / low[j, j])
+
+    u = jax.lax.fori_loop(0, m, forward, jnp.zeros_like(b))
+    return jax.lax.fori_loop(0, m, back, jnp.zeros_like(b))
+
+
+def _inverse_rolled(low):
+    """``(L L^T)^-1 = L^-T L^-1`` from ``L (m, m, ...)``, its rows of ``L^-1`` in a loop."""
+    m = low.shape[0]
+    eye = jnp.eye(m, dtype=low.dtype).reshape((m, m) + (1,) * (low.ndim - 2))
+
+    def row(j, inv):  # rows from j on are still 0
+        return inv.at[j].set((eye[j] - jnp.sum(low[j][:, None] * inv, axis=0)) / low[j, j])
+
+    inv = jax.lax.fori_loop(0, m, row, jnp.zeros_like(low))
+    return jnp.einsum("li...,lj...->ij...", inv, inv, precision=_HIGHEST)
 
 
 def _mask(x):
@@ -153,37 +226,36 @@ def _conditional(family, params, x, m=None):
         return diff, (jnp.zeros((0,) + diff.shape[:2], x.dtype),
                       jnp.zeros((0, x.shape[0]), jnp.int32)), jnp.sum(y * y, -1), \
             jnp.broadcast_to(log_det, diff.shape[:2])
-    # The row's missing features by index, in order, and which of the m slots are used.
-    # Gathers by index, not one-hot contractions: those reduce over the minor axis,
-    # which XLA's CPU backend runs several times slower than the whole rest.
-    idx, valid = _missing_slots(x, m)
-    lam = jnp.einsum("kde,kfe->kdf", p, p, precision=_HIGHEST)
-    lam_d = jnp.einsum("nkd,kdf->fnk", diff, lam, precision=_HIGHEST)  # Lam d_o (D, n, K)
-    # Entries of Lam_mm and Lam_mo d_o as (n, K) arrays: the unrolled m x m algebra is
-    # then elementwise work on whole arrays that XLA fuses (slices of a minor m axis
-    # made XLA's CPU backend slower than all the rest).
-    b = valid.T[:, :, None] * jnp.take_along_axis(lam_d, idx.T[:, :, None], axis=0)
-    lam_mm = jnp.take(lam.reshape(k, d * d).T, idx.T[:, None] * d + idx.T[None], axis=0)
+    # Rows last: arrays (K, D, n) and (K, n), so the GEMMs are (D, D) x (D, n) per
+    # component, each of the unrolled m x m algebra's entries is a whole (K, n) array
+    # (elementwise work XLA fuses), and the gathers by index run along a major axis
+    # (one-hot contractions, and slices of a minor m axis, ran several times slower on
+    # XLA's CPU backend than all the rest).
+    idx, valid = _missing_slots(x, m)  # the row's missing features in order, (n, m)
+    it, vt = idx.T, valid.T
+    diff = jnp.transpose(diff, (1, 2, 0))
+    lam = jnp.matmul(p, jnp.swapaxes(p, 1, 2), precision=_HIGHEST)
+    lam_d = jnp.matmul(lam, diff, precision=_HIGHEST)  # Lam d_o (K, D, n)
+    b = [vt[j] * jnp.take_along_axis(lam_d, it[j][None, None], axis=1)[:, 0]
+         for j in range(m)]  # Lam_mo d_o
+    lam_mm = jnp.take(lam.reshape(k, d * d), it[:, None] * d + it[None], axis=1)  # (K, m, m, n)
 
-    def entry(i, j):  # (m, m, n, K) gathered; unused slots: the identity
-        used = valid[:, i, None] * valid[:, j, None]
-        return used * lam_mm[i, j] + (1.0 - used if i == j else 0.0)
+    def entry(i, j):  # unused slots: the identity
+        used = vt[i] * vt[j]
+        return used * lam_mm[:, i, j] + (1.0 - used if i == j else 0.0)
 
-    low = _cholesky([[entry(i, j) if j <= i else None for j in range(m)] for i in range(m)])
-    z = _solve(low, list(b))  # Lam_mm^-1 Lam_mo d_o
-    e = valid[..., None] * jax.nn.one_hot(idx, d, dtype=x.dtype)  # the slots, (n, m, D)
-    delta = diff - sum(z[j][..., None] * e[:, None, j] for j in range(m))
-    y = jnp.einsum("nkd,kde->nke", delta, p, precision=_HIGHEST)
-    maha = jnp.sum(y * y, axis=-1)
-    log_det = log_det + 2.0 * sum(jnp.log(low[j][j]) for j in range(m))
-    log_det = jnp.where(jnp.sum(o, axis=-1)[:, None] > 0, log_det, 0.0)  # nothing observed
-    # The conditional covariance Lam_mm^-1, its upper triangle as (m (m + 1) / 2, n, K)
-    # with each entry's flat index into (D, D), 0 for unused slots.
-    inv = _inverse(low)
-    upper = [(i, j) for i in range(m) for j in range(i, m)]
-    cov = jnp.stack([inv[i][j] * (valid[:, i] * valid[:, j])[:, None] for i, j in upper])
-    flat = jnp.stack([idx[:, i] * d + idx[:, j] for i, j in upper])
-    return delta, (cov, flat), maha, log_det
+    log_det_mm, z, cov = _spd(entry, b)  # z = Lam_mm^-1 Lam_mo d_o
+    e = vt[:, None] * jax.nn.one_hot(idx, d, dtype=x.dtype).transpose(1, 2, 0)  # (m, D, n)
+    delta = diff - sum(z[j][:, None] * e[j] for j in range(m))
+    y = jnp.matmul(jnp.swapaxes(p, 1, 2), delta, precision=_HIGHEST)
+    log_det = jnp.where(jnp.sum(o, axis=-1) > 0, log_det[:, None] + log_det_mm, 0.0)
+    # The conditional covariance Lam_mm^-1: its upper triangle (m (m + 1) / 2, K, n),
+    # 0 in unused slots, and each entry's flat index into (D, D).
+    rows, cols = _upper(m)
+    cov = cov * (vt[rows] * vt[cols])[:, None]
+    flat = it[rows] * d + it[cols]
+    return (jnp.transpose(delta, (2, 0, 1)), (jnp.swapaxes(cov, 1, 2), flat),
+            jnp.sum(y * y, axis=1).T, log_det.T)
 
 
 def _missing_slots(x, m):
@@ -191,10 +263,12 @@ def _missing_slots(x, m):
     missing features in order, and which slots hold one. The ``j``-th missing feature
     is preceded by ``j`` of them: its index counts the features with at most ``j``
     missing up to and including them (a compare and a sum; XLA's CPU backend runs
-    ``argsort`` and ``top_k`` inside a larger program as a full sort, ~10x slower)."""
+    ``argsort`` and ``top_k`` inside a larger program as a full sort, ~10x slower, and
+    ``cumsum`` as a reduce-window, ~5x slower than this matmul)."""
     d = x.shape[-1]
-    seen = jnp.cumsum(jnp.isnan(x), axis=-1, dtype=jnp.int32)  # (n, D)
-    before = seen[:, None, :] <= jnp.arange(m, dtype=jnp.int32)[:, None]  # (n, m, D)
+    upto = jnp.triu(jnp.ones((d, d), x.dtype))  # a cumulative sum as a (small) GEMM:
+    seen = jnp.matmul(jnp.isnan(x).astype(x.dtype), upto, precision=_HIGHEST)  # exact
+    before = seen[:, None, :] <= jnp.arange(m, dtype=x.dtype)[:, None]  # (n, m, D)
     idx = jnp.minimum(jnp.sum(before, axis=-1, dtype=jnp.int32), d - 1)
     return idx, (jnp.arange(m) < seen[:, -1:]).astype(x.dtype)
 
