@@ -9,8 +9,8 @@ starting parameters (weights, means, precisions), a fixed number of EM iteration
 * **jaxem, 20% missing**: ``jaxem.fit`` on the same data with the gaps (NaN): exact EM
   over the observed entries (``jaxem.families.gaussian_missing``), with the automatic
   chunk size and with ``chunk_size=1024`` (the missing-value E-step factorises each
-  row's missing block per component, ``(rows, K, m, m)`` with ``m`` the chunk's most
-  gaps rounded up to a bucket, so the chunk matters more than for complete rows);
+  row's missing block per component, ``m x m`` with ``m`` the chunk's most gaps rounded
+  up to a bucket, so the chunk matters more than for complete rows);
 * **peers**: scikit-learn's ``GaussianMixture`` rejects NaN, so it runs after an imputer,
   ``SimpleImputer(strategy="mean")`` and ``IterativeImputer`` (its default BayesianRidge,
   ``max_iter=10``), from the same starting parameters, ``tol=0``. These are **different
@@ -20,7 +20,8 @@ starting parameters (weights, means, precisions), a fixed number of EM iteration
   installed" when it is absent.
 
 jaxem is timed after a first, compiling call (reported separately: *compile s* = first
-call − best call); every timed call ends with ``jax.block_until_ready`` on the whole
+call − best call; jaxem's persistent compilation cache is off, ``JAXEM_NO_CACHE=1``, so
+it is a real compile); every timed call ends with ``jax.block_until_ready`` on the whole
 output; best of ``--repeats`` (default 3) calls. Each row runs in its own process, so
 *peak RSS* is that process's high-water mark (``VmHWM``: data, compilation and calls) and
 no row reuses another's compilations; a row whose process stops using CPU time for
@@ -49,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("JAXEM_NO_CACHE", "1")  # compile times that are compiles (see above)
 import jax
 import jax.numpy as jnp
 
@@ -412,7 +414,8 @@ def markdown(res: dict) -> str:
         "",
         "One set of explicit starting parameters, a fixed number of EM iterations (checked), "
         f"best of {res['meta']['repeats']} calls for jaxem (after a compiling first call: "
-        f"*compile s* = first call − best) and of {res['meta']['peer_repeats']} for the "
+        f"*compile s* = first call − best, with jaxem's persistent compilation cache "
+        f"off) and of {res['meta']['peer_repeats']} for the "
         "imputer + scikit-learn rows. *s / iteration*: jaxem's best call over the iterations; "
         "for the imputer rows, scikit-learn's EM alone (the imputation is *impute s*). "
         "*× complete*: s / iteration over jaxem's with nothing missing. *peak RSS*: the "
