@@ -404,10 +404,15 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
     the CPU caches, unless that gives fewer than two chunks (then the scan only adds
     overhead); a single N=20000, D=K=8 full fit stays unchunked, its fastest. Families
     whose E-step is GEMMs (diag, spherical, tied Gaussians: ``gemm_rows``) are limited by
-    the ``(rows, n_init * K)`` GEMM outputs instead: about 2**17 of them per chunk,
-    clamped to 4096..16384 rows. Measured on a 2-core Xeon, float32, N=10**6,
-    D=K=16 diag: 0.069 s per iteration at 8192 rows (1 restart; 0.10 s at 4096, 0.155 s
-    unchunked); 8 restarts 0.33 s at 4096 (0.44 s at 2048, 1.19 s unchunked).
+    the ``(rows, n_init * K)`` GEMM outputs instead: about 2**17 of them per chunk, at
+    least 4096 rows (a chunk's fixed costs) unless that makes more than 2**20 outputs
+    (many restarts: the outputs then leave the caches), at most 16384 rows. Measured
+    on a 2-core Xeon, float32, N=10**6, D=K=16 diag: 0.069 s per iteration at 8192 rows
+    (1 restart; 0.10 s at 4096, 0.155 s unchunked); 8 restarts 0.33 s at 4096 (0.44 s
+    at 2048, 1.19 s unchunked). On a 2-core EPYC, N=20000, D=8 diag, 50 iterations of
+    128 instances x 16 components (2048 outputs per row): 6.6 s at 512 rows, 10.4 s at
+    4096; N=2*10**5, 64 restarts x 8 components: 10 iterations 1.9-2.0 s at 1024 or
+    2048 rows, 3.0-3.4 s at 4096.
     """
     n_batch, n, d = shape
     # Missing-value Gaussians work on up to (rows, K, D, D) blocks: size chunks by those
@@ -421,7 +426,8 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
         per_row = n_batch * n_init * n_components * (1 if capability(family, "gemm_rows") else per_k)
         rows = max(4096, 2**26 // per_row)
     elif capability(family, "gemm_rows"):
-        rows = min(16384, max(4096, 2**17 // (n_batch * n_init * n_components)))
+        cols = n_batch * n_init * n_components
+        rows = min(16384, max(2**17 // cols, min(4096, 2**20 // cols), 256))
     else:
         budget = 2**20 if per_k == d else 2**21  # numbers of E-step intermediates
         rows = max(256, budget // (n_batch * n_init * n_components * per_k))

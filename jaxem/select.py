@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxem import em
-from jaxem.batch import fit, initial_params
+from jaxem.batch import auto_chunk_size, fit, initial_params
 from jaxem.families.base import Family, family as register_family
 from jaxem.init import initialize
 
@@ -216,6 +216,9 @@ def select_n_components(family, x, *, k_max: int, key: jax.Array, k_min: int = 1
     # Instances ordered (K, restart): the restart axis becomes n_k * n_init.
     per_k = [mask(starts, int(k)) for k in ks]
     masked = jax.tree.map(lambda *a: jnp.concatenate(a, axis=lead), *per_k)
+    if chunk_size is None:  # fit's own choice, fixed here so the final pass is chunked too
+        chunk_size = auto_chunk_size(x.reshape((-1,) + x.shape[-2:]).shape,
+                                     len(ks) * n_init, k_max, Masked(family))
     res = fit(Masked(family), x, n_components=k_max, key=key, n_init=len(ks) * n_init,
               weights=weights, max_iter=max_iter, tol=tol, init=masked,
               chunk_size=chunk_size)
