@@ -115,10 +115,11 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     max_iter, tol = check_int("max_iter", max_iter), check_tol(tol)
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size)
-    x, weights, labels = _pad_rows(family, x, weights, labels)
+    given = x  # the caller's array: a JAX array that reaches _fit as it is is not donated
+    x, weights, labels, n_rows = _pad_rows(family, x, weights, labels)
     x = checked_data(x)
     single = x.ndim == 2
-    x = to_device(x[None] if single else x)  # (B, n, D): for NumPy data, no copy
+    x = to_device(x[None] if single else x, n_rows)  # (B, n, D)
     family = with_missing(family, x)
     x, weights, keys, method, params0 = prepare(family, x, weights, key, n_init,
                                                  n_components, init)
@@ -143,12 +144,12 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
 
     # The rows go in a list that _fit empties: once centred, the uncentred copy has no
     # reference left and is freed, so the EM loop holds the data once, not twice.
-    rows_in = [x]
-    del x
+    rows_in, owned = [x], x is not given
+    del x, given
     result, xc = _fit(family, rows_in, weights, keys, params0, tol,
                       n_components=n_components, method=method, max_iter=max_iter,
                       chunk_size=chunk_size, mesh=mesh, shard=shard, n_keep=n_keep,
-                      labels=labels, progress=wanted(progress))
+                      labels=labels, progress=wanted(progress), owned=owned)
     return finish(result, single, check, "EM", family, (xc, weights))
 
 
@@ -178,30 +179,32 @@ def bucket_rows(n: int, unit: int = 1) -> int:
 
 
 def _pad_rows(family, x, weights, labels):
-    """``x (n, D)`` or ``(B, n, D)`` with its rows padded to :func:`bucket_rows` rows of
-    weight 0 (``weights`` made and padded with 0, ``labels`` with -1), before any check
-    or transfer, so that the checks' small programs are shared by the bucket too; in
-    NumPy for NumPy input (no compilation). A family with its own E-step is padded in
-    whole sequences (its ``seq_len``), or not at all if it declares none. Input that the
-    checks will refuse is returned as it is, so their messages name the user's shapes."""
+    """``(x, weights, labels, n_rows)``: ``x (n, D)`` or ``(B, n, D)`` with its rows
+    padded to :func:`bucket_rows` rows of weight 0 (``weights`` made and padded with 0,
+    ``labels`` with -1), before the checks on the device, so that their small programs
+    are shared by the bucket too. NumPy ``x`` is returned as it is with ``n_rows``, the
+    rows :func:`to_device` pads it to (no host copy); a JAX array is padded here. A
+    family with its own E-step is padded in whole sequences (its ``seq_len``), or not at
+    all if it declares none. Input that the checks will refuse is returned as it is, so
+    their messages name the user's shapes."""
     unit = getattr(family, "seq_len", None) if capability(family, "has_e_step") else 1
     if not isinstance(unit, int) or unit < 1:
-        return x, weights, labels
+        return x, weights, labels, None
     xa = x
     if not isinstance(xa, (np.ndarray, jax.Array)):
         if isinstance(xa, (str, bytes)) or type(xa).__module__.startswith("scipy.sparse"):
-            return x, weights, labels
+            return x, weights, labels, None
         try:
             xa = np.asarray(xa)
         except ValueError:  # ragged: as_data says so
-            return x, weights, labels
+            return x, weights, labels, None
     if (xa.ndim not in (2, 3) or 0 in xa.shape or xa.dtype.kind not in "biuf"
             or xa.shape[-2] % unit):
-        return x, weights, labels
+        return x, weights, labels, None
     n, lead = xa.shape[-2], xa.shape[:-1]
     pad = bucket_rows(n, unit) - n
     if pad == 0 or any(a is not None and np.shape(a) != lead for a in (weights, labels)):
-        return x, weights, labels
+        return x, weights, labels, None
     xp = jnp if isinstance(xa, jax.Array) else np
     if weights is None:
         weights = xp.ones(lead, xa.dtype if xa.dtype.kind == "f" else np.float32)
@@ -212,8 +215,11 @@ def _pad_rows(family, x, weights, labels):
         width[axis] = (0, pad)
         return (jnp if isinstance(a, jax.Array) else np).pad(a, width, constant_values=value)
 
+    if isinstance(xa, np.ndarray):  # padded on its way to the device (to_device)
+        return (x, rows(weights, -1, 0), None if labels is None else rows(labels, -1, -1),
+                n + pad)
     return (rows(xa, -2, 0), rows(weights, -1, 0),
-            None if labels is None else rows(labels, -1, -1))
+            None if labels is None else rows(labels, -1, -1), None)
 
 
 def _spread_labels(mesh, labels, n_rows):
@@ -289,14 +295,21 @@ def with_missing(family, x):
 
 def has_nan(x) -> bool:
     """Whether the float array ``x`` has a NaN, with no data-sized mask: NumPy's min
-    propagates NaN; on a device, a fused jitted ``any(isnan)`` (XLA's CPU ``min`` may
-    drop NaN)."""
+    propagates NaN; on a device, a fused sum of ``x * 0`` (XLA's CPU ``min`` may drop
+    NaN)."""
     if x.size == 0:
         return False
     return bool(_any_nan(x) if isinstance(x, jax.Array) else np.isnan(np.min(x)))
 
 
-_any_nan = jax.jit(lambda x: jnp.any(jnp.isnan(x)))
+@jax.jit
+def _any_nan(x):
+    # x * 0 is NaN exactly where x is NaN or infinite: one fused sum, no data-sized
+    # temporary (jnp.any(jnp.isnan(x)) fills a mask of a quarter of the data's bytes;
+    # XLA keeps a buffer for it below, but only data with NaN or inf writes to it).
+    # Only when the sum finds one, tell NaN from infinity.
+    return jax.lax.cond(jnp.isnan(jnp.sum(x * 0)), lambda: jnp.any(jnp.isnan(x)),
+                        lambda: jnp.array(False))
 
 
 def _complete(family):
@@ -435,8 +448,10 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
 
 
 def _fit(family, rows_in, weights, keys, params0, tol, *, n_components, method, max_iter,
-         chunk_size, mesh=None, shard="rows", n_keep=None, labels=None, progress=False):
-    """rows_in: ``[x (B, n, D)]``, emptied here so that ``x`` can be freed once centred;
+         chunk_size, mesh=None, shard="rows", n_keep=None, labels=None, progress=False,
+         owned=False):
+    """rows_in: ``[x (B, n, D)]``, emptied here so that ``x`` can be freed once centred
+    (and, ``owned``, a copy the caller made, is centred in place: donated);
     weights: (B, n), keys: (B, R), params0: None or (B, R, ...), labels: None or (B, n)
     ints (-1 unlabelled). Returns ``(FitResult, the centred rows)``.
 
@@ -446,10 +461,10 @@ def _fit(family, rows_in, weights, keys, params0, tol, *, n_components, method, 
     without, in one block. The state between blocks is the ``while_loop``'s carry and
     both run the same programs, so results are identical, bit for bit (one program for
     all three would let XLA fuse differently, and round differently, than the blocks)."""
-    state, xc, shift = _fit_start(family, rows_in.pop(), weights, keys, params0,
-                                  n_components=n_components, method=method,
-                                  max_iter=max_iter, chunk_size=chunk_size, mesh=mesh,
-                                  shard=shard, labels=labels)
+    start = _fit_start_owned if owned else _fit_start
+    state, xc, shift = start(family, rows_in.pop(), weights, keys, params0,
+                             n_components=n_components, method=method, max_iter=max_iter,
+                             chunk_size=chunk_size, mesh=mesh, shard=shard, labels=labels)
 
     def block(state, n_steps):
         return _fit_block(family, state, xc, weights, tol, n_steps, chunk_size=chunk_size,
@@ -466,8 +481,6 @@ def _fit(family, rows_in, weights, keys, params0, tol, *, n_components, method, 
     return _fit_finish(family, state, shift, mesh=mesh, shard=shard, n_keep=n_keep), xc
 
 
-@functools.partial(jax.jit, static_argnames=("n_components", "method", "max_iter",
-                                             "chunk_size", "mesh", "shard"))
 def _fit_start(family, x, weights, keys, params0, *, n_components, method, max_iter,
                chunk_size, mesh=None, shard="rows", labels=None):
     """The driver's state before its first iteration, for every instance, as :func:`_fit`
@@ -480,6 +493,13 @@ def _fit_start(family, x, weights, keys, params0, *, n_components, method, max_i
     return run_restarts(family, driver, x, weights, keys, params0, n_components, method,
                      chunk_size=chunk_size, mesh=mesh, shard=shard, labels=labels,
                      centred=True)
+
+
+_START_STATIC = ("n_components", "method", "max_iter", "chunk_size", "mesh", "shard")
+# The same program with ``x`` donated, for rows that fit copied (padded, converted or
+# transferred): the centred rows take their buffer, so the data is held once, not twice.
+_fit_start_owned = jax.jit(_fit_start, static_argnames=_START_STATIC, donate_argnames="x")
+_fit_start = jax.jit(_fit_start, static_argnames=_START_STATIC)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size", "mesh", "shard", "n_keep"))
@@ -595,22 +615,27 @@ def run_restarts(family, driver, x, weights, keys, params0, n_components, method
             out = out._replace(params=family.translate(out.params, shift))
         return out
 
+    def used(x, w):  # padding rows may hold anything, NaN included (0 * NaN is NaN)
+        return jnp.where(w[:, None] > 0, x, 0.0)
+
     def per_dataset(keys, params, x, w, labels, axis_name):
-        # Padding rows may hold anything, NaN included (0 * NaN is NaN): zero them first.
-        x = jnp.where(w[:, None] > 0, x, 0.0)
         shift = None
         if capability(family, "centres_data"):
-            # Fit centred data: float32 moments stay accurate far from the origin.
+            # Fit centred data: float32 moments stay accurate far from the origin. The
+            # padding is zeroed chunk by chunk and in the centring, never in a data-sized
+            # temporary (with x donated, the centred rows then take x's buffer).
             if missing:  # each feature's mean over the rows where it is observed
                 mass = rows.sum_rows(
-                    lambda xc, wc, _: (wc @ jnp.where(jnp.isnan(xc), 0.0, xc),
+                    lambda xc, wc, _: (wc @ jnp.where(jnp.isnan(xc), 0.0, used(xc, wc)),
                                        wc @ (~jnp.isnan(xc)).astype(xc.dtype)),
                     x, w, chunk_size, axis_name)
             else:
-                mass = rows.sum_rows(lambda xc, wc, _: (wc @ xc, jnp.sum(wc)), x, w,
-                                     chunk_size, axis_name)
+                mass = rows.sum_rows(lambda xc, wc, _: (wc @ used(xc, wc), jnp.sum(wc)), x,
+                                     w, chunk_size, axis_name)
             shift = mass[0] / mass[1]
-            x = x - shift
+            x = used(x - shift, w)
+        else:
+            x = used(x, w)
         out = jax.vmap(one, (0, 0, None, None, None, None, None))(keys, params, x, w, shift,
                                                                    axis_name, labels)
         return (out, x, shift) if centred else out
@@ -752,11 +777,40 @@ def as_data(x, name: str = "x", ndims: tuple[int, ...] = (2, 3)) -> jax.Array:
     return to_device(checked_data(x, name, ndims))
 
 
-def to_device(x) -> jax.Array:
+def to_device(x, n_rows: int | None = None) -> jax.Array:
     """A NumPy array on the default device; a JAX array as it is. ``jax.device_put``,
     not ``jnp.asarray``: the latter stages NumPy data through a second copy (peak twice
-    the data; measured, 4*10**6 x 16 float32 on CPU)."""
-    return x if isinstance(x, jax.Array) else jax.device_put(x)
+    the data; measured, 4*10**6 x 16 float32 on CPU).
+
+    ``n_rows``: NumPy ``x (..., n, D)`` padded with zero rows to that many on the way,
+    in blocks of :data:`PUT_ROWS` rows written into one zeroed device array, so that no
+    padded copy is made on the host (it would be held beside the device's until the
+    transfer ends: twice the data)."""
+    if isinstance(x, jax.Array):
+        return x
+    n = x.shape[-2]
+    if n_rows is None or n_rows == n:
+        return jax.device_put(x)
+    if n <= PUT_ROWS:  # small: one padded host copy costs nothing
+        width = [(0, 0)] * x.ndim
+        width[-2] = (0, n_rows - n)
+        return jax.device_put(np.pad(x, width))
+    out = jnp.zeros(x.shape[:-2] + (n_rows, x.shape[-1]),
+                    jax.dtypes.canonicalize_dtype(x.dtype))
+    # Whole blocks only (one compiled update), the last one ending at row n.
+    for start in [*range(0, n - PUT_ROWS, PUT_ROWS), n - PUT_ROWS]:
+        out = _put_rows(out, jax.device_put(x[..., start:start + PUT_ROWS, :]), start)
+        out.block_until_ready()  # else every block's staging copy is alive at once
+    return out
+
+
+# Rows per transfer of to_device's padding path.
+PUT_ROWS = 2**16
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _put_rows(out, block, start):
+    return jax.lax.dynamic_update_slice_in_dim(out, block, start, axis=-2)
 
 
 def checked_data(x, name: str = "x", ndims: tuple[int, ...] = (2, 3)):
@@ -804,9 +858,16 @@ def check_dtype(dtype, name: str = "x") -> np.dtype:
 
 @jax.jit
 def _all_finite_used(x3, w3):
-    """Whether every used row (weight > 0) is finite: one fused pass, before the full
+    """Whether every used row (weight > 0) is finite: one fused pass with no data-sized
+    temporary (``x * 0`` is NaN where ``x`` is not finite), before the full
     :func:`_data_summary` that only data with NaN or inf need."""
-    return jnp.all(jnp.isfinite(x3) | (w3[..., None] <= 0))
+    # In chunks of rows: over the whole array XLA's CPU backend materialised the masked
+    # data (1x to 5x its bytes, measured), a chunk at a time it holds nothing.
+    def nan_if_not(xc, wc, _):
+        return jnp.sum(jnp.where(wc[:, None] > 0, xc * 0, 0.0))
+
+    return jnp.isfinite(jnp.sum(jax.vmap(
+        lambda x, w: rows.sum_rows(nan_if_not, x, w, PUT_ROWS, None))(x3, w3)))
 
 
 @jax.jit

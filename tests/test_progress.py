@@ -183,13 +183,36 @@ def test_padding_to_the_bucket_changes_no_result(name, make_blobs, monkeypatch):
         family, x, kw = _case(name, np.float64, make_blobs)
         assert batch.bucket_rows(len(x), getattr(family, "seq_len", 1)) > len(x)
         padded = jaxem.fit(family, x, **kw)
-        monkeypatch.setattr(batch, "_pad_rows", lambda family, *rows: rows)
+        monkeypatch.setattr(batch, "_pad_rows", lambda family, *rows: (*rows, None))
         exact = jaxem.fit(family, x, **kw)
     for field in ("n_iter", "converged", "best"):
         np.testing.assert_array_equal(getattr(padded, field), getattr(exact, field))
     np.testing.assert_array_equal(padded.restarts.n_iter, exact.restarts.n_iter)
     for a, b in zip(jax.tree.leaves(padded), jax.tree.leaves(exact)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_rows_padded_on_their_way_to_the_device(make_blobs, monkeypatch):
+    """NumPy rows larger than a transfer block are padded block by block on the device
+    (no host copy): the same array as np.pad, the same fit, and no new compilation for
+    another size in the same bucket."""
+    x = np.random.default_rng(0).normal(size=(2, 300, 3)).astype(np.float32)
+    monkeypatch.setattr(batch, "PUT_ROWS", 64)  # 300 rows: 4 blocks and one overlapping
+    for n_rows in (300, 352):
+        np.testing.assert_array_equal(batch.to_device(x, n_rows),
+                                      np.pad(x, [(0, 0), (0, n_rows - 300), (0, 0)]))
+    monkeypatch.setattr(batch, "BUCKET_FROM", 0)
+    xs, _ = make_blobs(3, 300, 2, 3)
+    xs = xs.astype(np.float32)
+    kw = dict(n_components=3, key=jax.random.key(0), n_init=2)
+    blocks = jaxem.fit(jaxem.gaussian("full"), xs, **kw)
+    with _compiles() as names:
+        jaxem.fit(jaxem.gaussian("full"), xs[:297], **kw)
+    assert not names, names
+    monkeypatch.setattr(batch, "PUT_ROWS", 2**16)  # one host copy, padded by np.pad
+    whole = jaxem.fit(jaxem.gaussian("full"), xs, **kw)
+    for a, b in zip(jax.tree.leaves(blocks), jax.tree.leaves(whole)):
+        np.testing.assert_array_equal(a, b)
 
 
 # -- the persistent compilation cache ------------------------------------------------------
