@@ -47,15 +47,19 @@ def _rows(family, params, x, weights, labels=None):
     ``labels (n,)``: a row with label ``k >= 0`` has its responsibilities clamped to
     component ``k`` and contributes ``log p(x, z = k)``; -1 marks an unlabelled row
     (semi-supervised EM maximises the sum of both kinds of terms)."""
-    def weigh(log_joint):  # (weighted responsibilities, per-row log-likelihood)
-        resp, ll_rows = family.posterior(log_joint)
+    def weigh(log_joint, axis=-1):  # (weighted responsibilities, per-row log-likelihood)
+        # axis: the components' axis, -1 for (n, K); a fused family may hand (K, n)
+        # with axis=0 (its posterior then takes that axis).
+        resp, ll_rows = (family.posterior(log_joint) if axis == -1
+                         else family.posterior(log_joint, axis=axis))
+        per_row = lambda a: jnp.expand_dims(a, axis)  # (n,) against resp's layout
         if labels is not None:
             known = labels >= 0
-            onehot = jax.nn.one_hot(labels, log_joint.shape[-1], dtype=resp.dtype)
-            resp = jnp.where(known[:, None], onehot, resp)
+            onehot = jax.nn.one_hot(labels, log_joint.shape[axis], dtype=resp.dtype, axis=axis)
+            resp = jnp.where(per_row(known), onehot, resp)
             ll_rows = jnp.where(known, jnp.sum(
-                onehot * jnp.where(onehot > 0, log_joint, 0.0), axis=-1), ll_rows)
-        return resp * weights[:, None], ll_rows
+                onehot * jnp.where(onehot > 0, log_joint, 0.0), axis=axis), ll_rows)
+        return resp * per_row(weights), ll_rows
 
     if capability(family, "fused_rows"):
         stats, ll_rows = family.log_joint_and_stats(params, x, weigh)

@@ -88,7 +88,7 @@ def test_fast_form_used_and_equal_to_exact(ct):
     np.testing.assert_allclose(fam._maha_fast(params, c, z), fam._maha_exact(params, x),
                                rtol=1e-5, atol=1e-4)
     resp = _two_blob_resp(x)
-    _, risky = fam._stats_fast(z, c, resp, params, jnp.sum(resp, axis=0))
+    _, risky = fam._stats_fast(z, c, resp.T, params, jnp.sum(resp, axis=0))
     assert not np.any(risky)
     stats = fam.stats(x, resp, params)
     want = _sum_xx64(ct, x, resp, params.means)
@@ -111,10 +111,15 @@ def test_only_the_inaccurate_component_is_recomputed(ct):
     params = GaussianParams(jnp.array([0.99, 0.01]), jnp.array([[0.0] * D, [50.0] * D]),
                             jnp.asarray(prec, jnp.float32))
     resp = jax.nn.one_hot((jnp.arange(x.shape[0]) >= 1000).astype(jnp.int32), 2)
-    _, _, c, z = fam._centred(params, x)
-    fast, risky = jax.jit(fam._stats_fast)(z, c, resp, params, jnp.sum(resp, axis=0))
+
+    @jax.jit
+    def fast_and_refined(x, resp, params):  # one program: the same GEMM in both
+        _, _, c, z = fam._centred(params, x)
+        return (*fam._stats_fast(z, c, resp.T, params, jnp.sum(resp, axis=0)),
+                fam.stats(x, resp, params))
+
+    fast, risky, stats = fast_and_refined(x, resp, params)
     np.testing.assert_array_equal(risky, [False, True])
-    stats = jax.jit(fam.stats)(x, resp, params)
     want = _sum_xx64(ct, x, resp, params.means)
     np.testing.assert_allclose(stats.sum_xx, want, rtol=1e-5)
     np.testing.assert_array_equal(stats.sum_xx[0], fast.sum_xx[0])

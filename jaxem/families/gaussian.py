@@ -105,9 +105,12 @@ class Gaussian(Mixture):
         :class:`jaxem.families.base.Family`)."""
         if self.missing:
             return gaussian_missing.log_joint_and_stats(self, params, x, weigh)
+        # Components first, (K, n): under vmap over restarts the GEMM's output and the
+        # statistics' GEMM input then keep the restarts beside the components, with no
+        # transposed copy of either (1.2x faster for 8 restarts, N = 1e6, CPU).
         params, x, c, z = self._centred(params, x)
-        resp, aux = weigh(self._log_joint_fast(params, x, c, z))
-        return self._stats_about_means(x, resp, params, c, z), aux
+        resp_t, aux = weigh(self._log_joint_fast(params, x, c, z), axis=0)
+        return self._stats_about_means(x, resp_t, params, c, z), aux
 
     def __post_init__(self):
         if self.covariance_type not in COVARIANCE_TYPES:
@@ -132,11 +135,12 @@ class Gaussian(Mixture):
             # One GEMM (n, D) @ (D, K*D) for all components.
             xp = (x @ jnp.moveaxis(p, 0, 1).reshape(d_, k * d_)).reshape(-1, k, d_)
             y = xp - jnp.einsum("kd,kde->ke", mu, p)
-            return self._log_joint_from(params, jnp.sum(y * y, axis=-1))
-        return self._log_joint_fast(params, *self._centred(params, x)[1:])
+            return self._log_joint_from(params, jnp.sum(y * y, axis=-1).T).T
+        return self._log_joint_fast(params, *self._centred(params, x)[1:]).T
 
     def _log_joint_from(self, params, maha):
-        """``log w_k + log N(x | k)`` from the squared Mahalanobis distances ``(n, K)``."""
+        """``log w_k + log N(x | k)`` ``(K, n)`` from the squared Mahalanobis distances
+        ``(K, n)``."""
         p = params.precisions_cholesky
         d = params.means.shape[-1]
         ct = self.covariance_type
@@ -146,26 +150,27 @@ class Gaussian(Mixture):
             log_det = jnp.sum(jnp.log(p), axis=1)
         else:
             log_det = d * jnp.log(p)
-        log_gauss = -0.5 * (d * math.log(2 * math.pi) + maha) + log_det
-        return jnp.log(params.weights) + log_gauss
+        const = jnp.log(params.weights) + log_det - 0.5 * d * math.log(2 * math.pi)
+        return const[:, None] - 0.5 * maha
 
     def _log_joint_fast(self, params, x, c, z):
-        """:meth:`log_joint` of ``diag``, ``spherical`` and ``tied`` from the rows
-        centred by :meth:`_centred`: GEMMs, or direct differences where those may
-        lose float32 accuracy (see :meth:`_maha_risky`)."""
+        """:meth:`log_joint` ``(K, n)`` of ``diag``, ``spherical`` and ``tied`` from
+        the rows centred by :meth:`_centred`: GEMMs, or direct differences where those
+        may lose float32 accuracy (see :meth:`_maha_risky`)."""
         maha = jax.lax.cond(_any_in_batch(self._maha_risky(params, c)),
                             lambda: self._maha_exact(params, x),
                             lambda: self._maha_fast(params, c, z))
         return self._log_joint_from(params, maha)
 
-    def posterior(self, log_joint: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def posterior(self, log_joint: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
         """``log_joint: (n, K)`` -> ``(resp (n, K), log_likelihood (n,))``, with one
-        ``exp`` per entry (``logsumexp`` and then ``exp(log_joint - lse)`` take two)."""
-        top = jax.lax.stop_gradient(jnp.max(log_joint, axis=-1, keepdims=True))
+        ``exp`` per entry (``logsumexp`` and then ``exp(log_joint - lse)`` take two).
+        ``axis``: the components' axis (0 for ``(K, n)``)."""
+        top = jax.lax.stop_gradient(jnp.max(log_joint, axis=axis, keepdims=True))
         top = jnp.where(jnp.isfinite(top), top, 0.0)
         e = jnp.exp(log_joint - top)
-        total = jnp.sum(e, axis=-1, keepdims=True)
-        return e / total, (top + jnp.log(total))[:, 0]
+        total = jnp.sum(e, axis=axis, keepdims=True)
+        return e / total, jnp.squeeze(top + jnp.log(total), axis)
 
     def _centred(self, params, x):
         """``(params, x, c, z)``: the rows' mean ``c (D,)`` and the rows about it that
@@ -189,7 +194,7 @@ class Gaussian(Mixture):
         return params, x, c, jnp.where(jnp.arange(t.shape[1]) < x.shape[1], t, t * t)
 
     def _maha_fast(self, params, c, z):
-        """Squared Mahalanobis distances ``(n, K)`` as one GEMM of the rows ``z`` about
+        """Squared Mahalanobis distances ``(K, n)`` as one GEMM of the rows ``z`` about
         ``c`` (see :meth:`_centred`).
 
         With ``m_k = mu_k - c`` and ``a = P P^T``:
@@ -202,17 +207,17 @@ class Gaussian(Mixture):
         ct = self.covariance_type
         if ct == "diag":
             a = p * p
-            maha = _dot(z, jnp.concatenate([-2.0 * a * m, a], axis=1).T)
-            maha = maha + jnp.sum(a * m * m, axis=1)
+            maha = _dot(jnp.concatenate([-2.0 * a * m, a], axis=1), z.T)
+            maha = maha + jnp.sum(a * m * m, axis=1)[:, None]
         elif ct == "spherical":
             ones = jnp.ones_like(m[:, :1])
-            maha = (_dot(z, jnp.concatenate([-2.0 * m, ones], axis=1).T)
-                    + jnp.sum(m * m, axis=1)) * (p * p)
+            maha = (_dot(jnp.concatenate([-2.0 * m, ones], axis=1), z.T)
+                    + jnp.sum(m * m, axis=1)[:, None]) * (p * p)[:, None]
         else:  # tied
             xp = _dot(z, p)
             mp = _dot(m, p)
-            maha = (jnp.sum(xp * xp, axis=1)[:, None] - 2.0 * _dot(xp, mp.T)
-                    + jnp.sum(mp * mp, axis=1))
+            maha = (jnp.sum(xp * xp, axis=1) - 2.0 * _dot(mp, xp.T)
+                    + jnp.sum(mp * mp, axis=1)[:, None])
         return jnp.maximum(maha, 0.0)
 
     def _maha_risky(self, params, c):
@@ -237,20 +242,20 @@ class Gaussian(Mixture):
         return jnp.any(3.0 * _GAMMA * eps * cc > _RTOL * c.shape[-1])
 
     def _maha_exact(self, params, x):
-        """Squared Mahalanobis distances ``(n, K)`` from direct differences: no
-        cancellation, but ``(n, K, D)`` elementwise work."""
+        """Squared Mahalanobis distances ``(K, n)`` from direct differences: no
+        cancellation, but ``(K, n, D)`` elementwise work."""
         mu, p = params.means, params.precisions_cholesky
         ct = self.covariance_type
         if ct == "tied":  # differences first: x @ P - mu @ P cancels for a tight P
-            y = jnp.einsum("nkd,de->nke", x[:, None, :] - mu[None], p, precision=_HIGHEST)
+            y = jnp.einsum("knd,de->kne", x[None] - mu[:, None], p, precision=_HIGHEST)
             return jnp.sum(y * y, axis=-1)
         # (K, D, n), bounded by the chunk: rows on the minor axis, so the sum over
         # features adds whole vectors (1.3x faster on CPU than (n, K, D) with D minor).
         diff = x.T[None] - mu[:, :, None]
         if ct == "diag":
             y = diff * p[:, :, None]
-            return jnp.sum(y * y, axis=1).T
-        return (jnp.sum(diff * diff, axis=1) * (p * p)[:, None]).T
+            return jnp.sum(y * y, axis=1)
+        return jnp.sum(diff * diff, axis=1) * (p * p)[:, None]
 
     def stats(self, x: jax.Array, resp: jax.Array,
               params: GaussianParams | None = None) -> GaussianStats:
@@ -276,20 +281,21 @@ class Gaussian(Mixture):
         if self.covariance_type == "full":
             return self._stats_exact(x, resp, params, jnp.sum(resp, axis=0))
         params, x, c, z = self._centred(params, x)
-        return self._stats_about_means(x, resp, params, c, z)
+        return self._stats_about_means(x, resp.T, params, c, z)
 
-    def _stats_about_means(self, x, resp, params, c, z):
+    def _stats_about_means(self, x, resp_t, params, c, z):
         """``diag``/``spherical``/``tied`` statistics about the means from the rows
-        ``z`` about ``c`` (:meth:`_centred`): GEMMs (:meth:`_stats_fast`), with the
-        components whose GEMM form may lose float32 accuracy recomputed from direct
-        differences (:meth:`_refine`; ``tied``: all or none)."""
-        counts = jnp.sum(resp, axis=0)
-        fast, risky = self._stats_fast(z, c, resp, params, counts)
+        ``z`` about ``c`` (:meth:`_centred`) and the responsibilities ``resp_t (K, n)``:
+        GEMMs (:meth:`_stats_fast`), with the components whose GEMM form may lose
+        float32 accuracy recomputed from direct differences (:meth:`_refine`;
+        ``tied``: all or none)."""
+        counts = jnp.sum(resp_t, axis=1)
+        fast, risky = self._stats_fast(z, c, resp_t, params, counts)
         if self.covariance_type == "tied":  # one pooled matrix: all components or none
             return jax.lax.cond(_any_in_batch(risky),
-                                lambda: self._stats_exact(x, resp, params, counts),
+                                lambda: self._stats_exact(x, resp_t.T, params, counts),
                                 lambda: fast)
-        return self._refine(x, resp, params, fast, risky)
+        return self._refine(x, resp_t, params, fast, risky)
 
     def _stats_exact(self, x, resp, params, counts):
         """``full``/``tied`` second moments from direct differences ``x_n - mu_k``:
@@ -300,7 +306,7 @@ class Gaussian(Mixture):
         sum_xx = jnp.einsum(_SUM_XX[self.covariance_type], z, z, precision=_HIGHEST)
         return GaussianStats(counts, _dot(resp.T, x), sum_xx)
 
-    def _refine(self, x, resp, params, stats, todo):
+    def _refine(self, x, resp_t, params, stats, todo):
         """``stats`` with ``sum_xx`` of the components flagged in ``todo (K,)``
         recomputed from direct differences, one component at a time.
 
@@ -316,7 +322,7 @@ class Gaussian(Mixture):
             sum_xx, todo = carry
             k = jnp.argmax(todo)
             diff = x - means[k]
-            exact = _dot(resp[:, k], diff * diff)  # (D,): a sum of positive terms
+            exact = _dot(resp_t[k], diff * diff)  # (D,): a sum of positive terms
             if self.covariance_type == "spherical":
                 exact = jnp.sum(exact)
             return sum_xx.at[k].set(exact), todo.at[k].set(False)
@@ -324,9 +330,10 @@ class Gaussian(Mixture):
         sum_xx, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), fix, (stats.sum_xx, todo))
         return stats._replace(sum_xx=sum_xx)
 
-    def _stats_fast(self, z, c, resp, params, counts):
+    def _stats_fast(self, z, c, resp_t, params, counts):
         """:class:`GaussianStats` about the current means as GEMMs of the rows ``z``
-        about ``c`` (:meth:`_centred`), and which of them may be inaccurate: ``(K,)``
+        about ``c`` (:meth:`_centred`) with ``resp_t (K, n)``, and which of them may
+        be inaccurate: ``(K,)``
         bools (``diag``, ``spherical``) or one (``tied``).
 
         With ``m_k = mu_k - c``, ``s_k = sum_n r_nk (x_n - c)`` and ``q_k`` the second
@@ -339,9 +346,9 @@ class Gaussian(Mixture):
         d = c.shape[-1]
         ct = self.covariance_type
         if ct == "tied":
-            s = _dot(resp.T, z)  # (K, D)
+            s = _dot(resp_t, z)  # (K, D)
         else:  # s and q in one GEMM: 1.3x faster than two (8192 rows, D=K=16, CPU)
-            both = _dot(resp.T, z)
+            both = _dot(resp_t, z)
             s, q = both[:, :d], both[:, d:]
         sum_x = s + counts[:, None] * c
         if ct == "diag":
@@ -354,7 +361,7 @@ class Gaussian(Mixture):
             big = q + counts * jnp.sum(m * m, axis=1)
             scale = jnp.maximum(sum_xx, 0.0) + self.reg_covar * d * counts
         else:  # tied: sum_k sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T
-            q = _dot((z * jnp.sum(resp, axis=1)[:, None]).T, z)
+            q = _dot((z * jnp.sum(resp_t, axis=0)[:, None]).T, z)
             ms = jnp.einsum("kd,ke->de", m, s, precision=_HIGHEST)
             mm = jnp.einsum("k,kd,ke->de", counts, m, m, precision=_HIGHEST)
             sum_xx = q - ms - ms.T + mm
