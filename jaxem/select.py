@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxem import em
 from jaxem.batch import auto_chunk_size, fit, initial_params
-from jaxem.families.base import Family, family as register_family
+from jaxem.families.base import Family, capability, family as register_family
 from jaxem.init import initialize
 
 PyTree = Any
@@ -116,11 +116,23 @@ class MaskedWrapper(Family):
             raise AttributeError(f"{type(self.base).__name__} has no locations")
         return lambda p: self.base.locations(p.params)
 
+    @property
+    def fused_rows(self) -> bool:
+        return capability(self.base, "fused_rows")
+
     def log_joint(self, p, x: jax.Array) -> jax.Array:
         return masked_log_joint(self.base, p.params, p.active, x)
 
-    def posterior(self, log_joint):
-        return self.base.posterior(log_joint)
+    def log_joint_and_stats(self, p, x: jax.Array, weigh):
+        """The base's fused E-step, its log-joint masked as :func:`masked_log_joint`'s."""
+        def masked(log_joint, axis=-1):
+            on = p.active > 0  # against (n, K), or (K, n) with axis=0
+            return weigh(jnp.where(on if axis == -1 else on[:, None], log_joint, -jnp.inf), axis)
+
+        return self.base.log_joint_and_stats(p.params, x, masked)
+
+    def posterior(self, log_joint, **axis):
+        return self.base.posterior(log_joint, **axis)
 
     def stats(self, x, resp, p=None):
         return self.base.stats(x, resp, None if p is None else p.params)
