@@ -93,9 +93,12 @@ class Family:
     * ``gemm_rows``: the E-step is matrix multiplies over rows (chunks sized for that).
     * ``fused_rows``: the family has ``log_joint_and_stats(params, x, weigh) -> (stats,
       aux)``, one pass over a block of rows that hands its ``log_joint`` to the engine's
-      ``weigh(log_joint) -> (weighted resp, aux)`` and takes the statistics from the
-      same intermediates (rows with missing values factorise their blocks once, not
-      twice); the engine then calls it instead of ``log_joint`` and ``stats``.
+      ``weigh(log_joint, axis=-1) -> (weighted resp, aux)`` and takes the statistics from
+      the same intermediates (rows with missing values factorise their blocks once, not
+      twice; the Gaussian GEMM forms centre the rows once); the engine then calls it
+      instead of ``log_joint`` and ``stats``. ``axis=0`` hands the log-joint
+      components-first, ``(K, n)``, and gets ``resp`` back so; the family's ``posterior``
+      must then take that ``axis``.
 
     Optional methods: :meth:`log_prior`; ``sample(key, params, n)``,
     ``n_free_parameters(K, D)``, ``to_unconstrained``/``from_unconstrained`` (the
