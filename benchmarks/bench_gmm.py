@@ -82,7 +82,7 @@ def workloads(quick: bool, gpu: bool = False) -> list[dict]:
 # -- arithmetic per EM iteration, and a plain GEMM of the same size -----------------------
 FLOP_FORMULA = {
     # log_joint: (x*x) @ prec.T and x @ (mu*prec).T; statistics: resp.T @ x and resp.T @ (x*x)
-    "diag": "8·N·D·K (E-step 2 GEMMs of 2·N·D·K + statistics 2 GEMMs of 2·N·D·K)",
+    "diag": "8·N·D·K (E-step (N, 2D) @ (2D, K), 4·N·D·K + statistics (K, N) @ (N, 2D), 4·N·D·K)",
     "spherical": "4·N·D·K (E-step x @ μᵀ 2·N·D·K + statistics resp.T @ x 2·N·D·K)",
     # per component: (x - mu_k) @ L_k, then sum_n r_nk x_n x_n^T and resp.T @ x
     "full": "4·N·K·D² + 2·N·D·K (E-step (x-μ_k) @ L_k 2·N·K·D² + statistics Σ r x xᵀ "
