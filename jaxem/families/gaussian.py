@@ -333,8 +333,7 @@ class Gaussian(Mixture):
     def _stats_fast(self, z, c, resp_t, params, counts):
         """:class:`GaussianStats` about the current means as GEMMs of the rows ``z``
         about ``c`` (:meth:`_centred`) with ``resp_t (K, n)``, and which of them may
-        be inaccurate: ``(K,)``
-        bools (``diag``, ``spherical``) or one (``tied``).
+        be inaccurate: ``(K,)`` bools (``diag``, ``spherical``) or one (``tied``).
 
         With ``m_k = mu_k - c``, ``s_k = sum_n r_nk (x_n - c)`` and ``q_k`` the second
         moment about ``c``: ``sum_n r_nk (x_n - mu_k)^2 = q_k - 2 m_k s_k + counts_k m_k^2``.
