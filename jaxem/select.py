@@ -53,10 +53,28 @@ def per_component(base, params: PyTree, k: int) -> PyTree:
     return jax.tree.map(test, params)
 
 
+def stand_in(base, params: PyTree, active: jax.Array) -> PyTree:
+    """``params`` with each inactive component replaced by the first active one, for
+    the E-step, whose log-joint masks them: an inactive component keeps the values it
+    had when masked (its start, or where it was trimmed), and a tight one far from the
+    rows would send a whole chunk of every instance to the Gaussian's exact,
+    cancellation-free distances for nothing."""
+    on = active > 0
+    k = on.shape[0]
+    first = jnp.argmax(on)
+
+    def pick(is_component, a):
+        if not is_component:
+            return a
+        return jnp.where(on.reshape((k,) + (1,) * (a.ndim - 1)), a, a[first])
+
+    return jax.tree.map(pick, per_component(base, params, k), params)
+
+
 def masked_log_joint(base, params: PyTree, active: jax.Array, x: jax.Array) -> jax.Array:
     """``base.log_joint`` with the inactive components at ``-inf``: no part in the
     log-sum-exp, zero responsibility, so no part in the statistics either."""
-    return jnp.where(active > 0, base.log_joint(params, x), -jnp.inf)
+    return jnp.where(active > 0, base.log_joint(stand_in(base, params, active), x), -jnp.inf)
 
 
 def masked_m_step(base, stats: PyTree, params: PyTree, active: jax.Array) -> PyTree:
@@ -129,7 +147,8 @@ class MaskedWrapper(Family):
             on = p.active > 0  # against (n, K), or (K, n) with axis=0
             return weigh(jnp.where(on if axis == -1 else on[:, None], log_joint, -jnp.inf), axis)
 
-        return self.base.log_joint_and_stats(p.params, x, masked)
+        return self.base.log_joint_and_stats(stand_in(self.base, p.params, p.active), x,
+                                             masked)
 
     def posterior(self, log_joint, **axis):
         return self.base.posterior(log_joint, **axis)

@@ -34,6 +34,25 @@ def test_masked_fit_equals_unmasked_k_component_fit(ct, make_blobs, x64):
     np.testing.assert_allclose(got.means[:3], plain.params.means, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("ct", ["diag", "spherical", "tied"])
+def test_inactive_components_take_no_part_in_the_e_step(ct, make_blobs):
+    # An inactive component left tight and far away (as a trim may leave it) changes
+    # nothing, bit for bit (it would send every chunk to the exact distances), and it
+    # keeps its values through the M-step.
+    x, _ = make_blobs(0, 200, 2, 3)
+    x = jnp.asarray(x, jnp.float32)
+    fam = jaxem.gaussian(ct)
+    start = jaxem.initialize(fam, jax.random.key(1), x, jnp.ones(len(x)), 5, "k-means++")
+    p = start.precisions_cholesky
+    far = start._replace(means=start.means.at[3:].set(1e4),
+                         precisions_cholesky=p if ct == "tied" else p.at[3:].multiply(1e3))
+    near = em.run(Masked(fam), mask(start, 3), x, max_iter=5, tol=-1.0)
+    away = em.run(Masked(fam), mask(far, 3), x, max_iter=5, tol=-1.0)
+    np.testing.assert_array_equal(near.trace, away.trace)
+    np.testing.assert_array_equal(near.params.params.means[:3], away.params.params.means[:3])
+    np.testing.assert_array_equal(away.params.params.means[3:], far.means[3:])
+
+
 def test_masked_tied_fit_with_as_many_features_as_components(make_blobs, x64):
     # A tied precision factor (D, D) with D == k_max is shared, not per component.
     x, _ = make_blobs(5, 150, 3, 2)

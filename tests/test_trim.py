@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from sklearn.mixture import GaussianMixture as SkGM
 
 import jaxem
@@ -104,6 +104,7 @@ def test_trims_are_recorded_and_the_trace_rises_between_them(make_blobs, x64):
 
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000), threshold=st.floats(0.0, 0.3))
+@example(seed=797, threshold=0.0)
 def test_log_likelihood_never_decreases_between_trims(seed, threshold):
     with jax.enable_x64(True):
         rng = np.random.default_rng(seed)
@@ -114,6 +115,14 @@ def test_log_likelihood_never_decreases_between_trims(seed, threshold):
         out = run(trimmed(base, threshold), start(p0), x, max_iter=25, tol=-1.0)
         at, trace = np.asarray(out.params.trimmed_at), np.asarray(out.trace)
         assert int(n_live(out.params)) >= 1
+        # With reg_covar=0 (so the M-step is the exact maximiser and EM is monotone) a
+        # component may collapse onto one row, the likelihood's singularity (seed=797,
+        # threshold=0.0): its variance is then rounding, and a negative one must stop
+        # the run flagged, never silently; up to there the trace still never decreases.
+        finite = np.isfinite(trace)
+        if not finite.all():
+            assert bool(out.failed) and not finite[np.argmin(finite):].any()
+            trace = trace[:np.argmin(finite)]
         for t in range(1, len(trace)):
             if not np.any(at == t):
                 assert trace[t] >= trace[t - 1] - 1e-9 * abs(trace[t])
