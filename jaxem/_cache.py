@@ -10,8 +10,9 @@ only sets two JAX options (no folder is read, no backend started) and does nothi
 - the folder cannot be created or written.
 
 The folder is ``$JAXEM_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxem``, else
-``~/.cache/jaxem``. Programs that took at least :data:`MIN_COMPILE_SECONDS` to compile
-are cached (JAX's default is 1 s, which would leave out most fits on small data), unless
+``~/.cache/jaxem``. Every program is cached however fast it compiled
+(:data:`MIN_COMPILE_SECONDS`; JAX's default of 1 s would leave out most fits on small
+data, and the host-side glue's dozens of small programs, 10-50 ms each, add up), unless
 the user changed ``jax_persistent_cache_min_compile_time_secs`` (or its environment
 variable). Like any JAX setting these
 apply to the whole process, the user's own JAX programs included.
@@ -22,7 +23,10 @@ import os
 
 import jax
 
-MIN_COMPILE_SECONDS = 0.2  # tiny eager programs (10 ms) are cheaper to compile than to read
+# Reading a program back takes milliseconds, compiling even a small one 10-50 ms, and
+# select_n_components' host-side glue compiles dozens (benchmarks/results/select_cpu.md's
+# warm-cache column is with this setting).
+MIN_COMPILE_SECONDS = 0.0
 _OFF = ("", "0", "false", "no", "off")
 
 
