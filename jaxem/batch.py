@@ -352,8 +352,14 @@ def prepare(family, x, weights, key, n_init, n_components, init):
         method, params0 = init, None
     else:
         method, params0 = None, _broadcast_init(family, init, x, n_init, n_components)
-    keys = jax.random.split(key, x.shape[0] * n_init).reshape(x.shape[0], n_init)
-    return x, weights, keys, method, params0
+    return x, weights, _split(key, x.shape[0], n_init), method, params0
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _split(key, n_datasets, n_init):
+    """``(n_datasets, n_init)`` keys, one per instance (one program, not a split and an
+    eager reshape)."""
+    return jax.random.split(key, n_datasets * n_init).reshape(n_datasets, n_init)
 
 
 def finish(result, single, check, what, family=None, data=None):
@@ -887,6 +893,14 @@ def _data_summary(x3, w3):
             jnp.where(first < x3.shape[1], first, -1), jnp.min(jnp.sum(w3 > 0, axis=1)))
 
 
+@jax.jit
+def _weights_summary(w3):
+    """``(all finite and >= 0, per data set: total <= 0, fewest rows of positive
+    weight)``: one compiled program (eager, each reduction compiled its own)."""
+    return (jnp.all(jnp.isfinite(w3) & (w3 >= 0)), jnp.sum(w3, axis=1) <= 0,
+            jnp.min(jnp.sum(w3 > 0, axis=1)))
+
+
 def _check_data(x, weights, n_components, allow_nan=False, allow_empty=False):
     """Validate and bring to ``(B, n, D)`` data and ``(B, n)`` weights (``allow_nan``:
     NaN marks a missing entry; ``allow_empty``: also every entry of a row)."""
@@ -902,17 +916,18 @@ def _check_data(x, weights, n_components, allow_nan=False, allow_empty=False):
         if w3.shape != x3.shape[:2]:
             want = x3.shape[1:2] if x3.shape[0] == 1 else x3.shape[:2]  # one data set: (n,)
             raise ValueError(f"weights must have shape {want}, got {w.shape}.")
-        if not bool(jnp.all(jnp.isfinite(w3) & (w3 >= 0))):
+        ok, zero, fewest = (np.asarray(a) for a in _weights_summary(w3))
+        if not ok:
             raise ValueError("weights must be finite and non-negative (no NaN, inf or "
                              "negative entries).")
-        zero = np.flatnonzero(np.asarray(jnp.sum(w3, axis=1) <= 0)).tolist()
+        zero = np.flatnonzero(zero).tolist()
         if zero:
             raise ValueError(f"weights are all zero in data set(s) {zero}: at least "
                              f"n_components={n_components} rows need positive weight.")
     if bool(_all_finite_used(x3, w3)):  # one cheap pass in the common case
         bad_inf = bad_nan = False
         empty = -1
-        n_rows = x3.shape[1] if weights is None else int(jnp.min(jnp.sum(w3 > 0, axis=1)))
+        n_rows = x3.shape[1] if weights is None else int(fewest)
     else:
         bad_inf, bad_nan, empty, n_rows = (np.asarray(a) for a in _data_summary(x3, w3))
     if allow_nan:  # missing entries are NaN; a row needs one observed value

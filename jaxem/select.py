@@ -171,9 +171,10 @@ class Masked(MaskedWrapper):
                                       axis_name), jnp.ones(n_components, x.dtype))
 
 
-def mask(params: PyTree, n_active: int) -> MaskedParams:
+def mask(params: PyTree, n_active: int | jax.Array) -> MaskedParams:
     """``params`` with only the first ``n_active`` components in use (weights
-    renormalised over them)."""
+    renormalised over them); ``n_active`` may be an array that broadcasts against the
+    weights' leading axes, with a trailing 1 for the components' axis."""
     k = jax.tree.leaves(params)[0].shape[-1] if not hasattr(params, "weights") \
         else params.weights.shape[-1]
     active = (jnp.arange(k) < n_active).astype(jax.tree.leaves(params)[0].dtype)
@@ -182,6 +183,23 @@ def mask(params: PyTree, n_active: int) -> MaskedParams:
         params = params._replace(weights=w / jnp.sum(w, axis=-1, keepdims=True))
     return MaskedParams(params, jnp.broadcast_to(active, params.weights.shape
                                                   if hasattr(params, "weights") else (k,)))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _masked_starts(starts, k_min: int, k_max: int, lead: int) -> MaskedParams:
+    """``starts`` (restart axis after ``lead`` data-set axes) masked to each K in
+    ``k_min..k_max``, instances ordered (K, restart) on one axis of ``n_k * n_init``."""
+    n_k = k_max - k_min + 1
+    if not hasattr(starts, "weights"):  # active is (k_max,): no K axis to give it
+        per_k = [mask(starts, k) for k in range(k_min, k_max + 1)]
+        return jax.tree.map(lambda *a: jnp.concatenate(a, axis=lead), *per_k)
+    # All K at once on a new axis before the restarts': a loop of masks compiles (and,
+    # eager, dispatches) every K's operations again.
+    tiled = jax.tree.map(lambda a: jnp.broadcast_to(
+        jnp.expand_dims(a, lead), a.shape[:lead] + (n_k,) + a.shape[lead:]), starts)
+    masked = mask(tiled, jnp.arange(k_min, k_max + 1).reshape(n_k, 1, 1))
+    return jax.tree.map(lambda a: a.reshape(a.shape[:lead] + (-1,) + a.shape[lead + 2:]),
+                        masked)
 
 
 class Selection(NamedTuple):
@@ -244,9 +262,7 @@ def select_n_components(family, x, *, k_max: int, key: jax.Array, k_min: int = 1
                             weights=weights, init=init)  # (..., n_init, ...)
     ks = np.arange(k_min, k_max + 1)
     lead = x.ndim - 2  # 1 with a batch of data sets
-    # Instances ordered (K, restart): the restart axis becomes n_k * n_init.
-    per_k = [mask(starts, int(k)) for k in ks]
-    masked = jax.tree.map(lambda *a: jnp.concatenate(a, axis=lead), *per_k)
+    masked = _masked_starts(starts, k_min, k_max, lead)
     if chunk_size is None:  # fit's own choice, fixed here so the final pass is chunked too
         chunk_size = auto_chunk_size(x.reshape((-1,) + x.shape[-2:]).shape,
                                      len(ks) * n_init, k_max, Masked(family))
