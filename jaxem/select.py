@@ -187,12 +187,10 @@ def mask(params: PyTree, n_active: int | jax.Array) -> MaskedParams:
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _masked_starts(starts, k_min: int, k_max: int, lead: int) -> MaskedParams:
-    """``starts`` (restart axis after ``lead`` data-set axes) masked to each K in
-    ``k_min..k_max``, instances ordered (K, restart) on one axis of ``n_k * n_init``."""
+    """``starts`` (a mixture's, with weights; restart axis after ``lead`` data-set axes)
+    masked to each K in ``k_min..k_max``, instances ordered (K, restart) on one axis of
+    ``n_k * n_init``."""
     n_k = k_max - k_min + 1
-    if not hasattr(starts, "weights"):  # active is (k_max,): no K axis to give it
-        per_k = [mask(starts, k) for k in range(k_min, k_max + 1)]
-        return jax.tree.map(lambda *a: jnp.concatenate(a, axis=lead), *per_k)
     # All K at once on a new axis before the restarts': a loop of masks compiles (and,
     # eager, dispatches) every K's operations again.
     tiled = jax.tree.map(lambda a: jnp.broadcast_to(

@@ -14,7 +14,8 @@ from sklearn.utils._param_validation import InvalidParameterError
 import jaxem
 from jaxem import em
 from jaxem.estimators._base import key_from
-from jaxem.select import Masked, Selection, mask, select_n_components
+from jaxem.batch import initial_params
+from jaxem.select import Masked, Selection, _masked_starts, mask, select_n_components
 
 
 @pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
@@ -51,6 +52,26 @@ def test_inactive_components_take_no_part_in_the_e_step(ct, make_blobs):
     np.testing.assert_array_equal(near.trace, away.trace)
     np.testing.assert_array_equal(near.params.params.means[:3], away.params.params.means[:3])
     np.testing.assert_array_equal(away.params.params.means[3:], far.means[3:])
+
+
+@pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
+@pytest.mark.parametrize("n_sets", [0, 2])
+def test_the_sweep_starts_are_a_mask_per_k(ct, n_sets, make_blobs):
+    # select_n_components masks every K at once; the same as one mask per K, in order
+    # (K, restart), bit for bit, for one data set and for a batch of them.
+    x, _ = make_blobs(2, 120, 3, 3)
+    starts = initial_params(jaxem.gaussian(ct), jnp.asarray(x, jnp.float32), n_components=5,
+                            key=jax.random.key(0), n_init=3, init="k-means++")
+    lead = int(n_sets > 0)
+    if n_sets:
+        starts = jax.tree.map(lambda a: jnp.stack([a * (i + 1) for i in range(n_sets)]),
+                              starts)
+    got = _masked_starts(starts, 2, 5, lead)
+    want = jax.tree.map(lambda *a: jnp.concatenate(a, axis=lead),
+                        *[mask(starts, k) for k in range(2, 6)])
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_masked_tied_fit_with_as_many_features_as_components(make_blobs, x64):
