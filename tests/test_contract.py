@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 
 import jaxem
 from jaxem import em
@@ -68,10 +68,13 @@ def _data(name, seed, n=48):
     return FAMILIES[name][2](np.random.default_rng(seed), n)
 
 
-def _fit(name, x, **kw):
-    fam, k, _ = FAMILIES[name]
+def _fit(name, x, fam=None, **kw):
+    default, k, _ = FAMILIES[name]
     kw = {"n_components": k, "key": jax.random.key(0), "tol": 0.0, "max_iter": 12} | kw
-    return jaxem.fit(fam, x, **kw)
+    return jaxem.fit(default if fam is None else fam, x, **kw)
+
+
+_ML_HMM = hmm("gaussian", covariance_type="diag", seq_len=SEQ, covars_prior=0.0)
 
 
 def _start(name, x):
@@ -133,9 +136,14 @@ def test_an_unregistered_family_is_refused_with_a_jaxem_error():
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 2**16))
+@example(seed=6566)
 def test_the_objective_never_decreases(name, seed):
+    # GaussianHMM's default covars_prior (hmmlearn's 1e-2) shapes its M-step but, as in
+    # hmmlearn, is not in the recorded log-likelihood, so EM may lose ~1e-9 of it near
+    # the fixed point (seed=6566); without it the M-step is the maximum-likelihood one.
+    kw = {"fam": _ML_HMM} if name == "hmm-gaussian" else {}
     with jax.enable_x64(True):
-        res = _fit(name, _data(name, seed), key=jax.random.key(seed), max_iter=15)
+        res = _fit(name, _data(name, seed), key=jax.random.key(seed), max_iter=15, **kw)
     trace = np.asarray(res.trace)[: int(res.n_iter)]
     assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:])), trace
 
