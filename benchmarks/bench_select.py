@@ -184,12 +184,13 @@ def child(w: dict) -> None:
 def fresh_first_call(w: dict, cache: str | None = None) -> dict:
     """The first call's time in a new Python process, with jaxem's persistent compile
     cache in the folder ``cache`` (its defaults otherwise), or off where ``None``."""
-    env = dict(os.environ, JAXEM_NO_CACHE="1") if cache is None else dict(
-        os.environ, JAXEM_CACHE_DIR=cache)
-    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
-        env.pop(name, None)
-    if cache is not None:
-        env.pop("JAXEM_NO_CACHE", None)
+    mine = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+            "JAXEM_NO_CACHE", "JAXEM_CACHE_DIR")  # the caller's settings: left out
+    env = {k: v for k, v in os.environ.items() if k not in mine}
+    if cache is None:
+        env["JAXEM_NO_CACHE"] = "1"
+    else:
+        env["JAXEM_CACHE_DIR"] = cache
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
                         json.dumps(w)], env=env, capture_output=True, text=True, check=True)
