@@ -55,7 +55,7 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
         weights=None, max_iter: int = 100, tol: float = 1e-3,
         init: str | PyTree = "kmeans", chunk_size: int | None = None,
         devices=None, shard: str = "rows", check: bool = True, labels=None,
-        progress: bool | None = None) -> FitResult:
+        progress: bool | None = None, rescore: bool = False) -> FitResult:
     """Fit ``family`` by EM with ``n_init`` restarts run in parallel (``vmap``).
 
     Args:
@@ -96,6 +96,12 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
         sets) have finished; the run is then split into compiled blocks of iterations
         (results identical, bit for bit). ``None``: off, unless inside
         ``with jaxem.progress.shown():``.
+      rescore: make ``log_likelihood`` (every restart's, and the best's) the mean
+        log-likelihood at the returned parameters, as scikit-learn's ``score(X)`` after
+        ``fit``, by one more E-step run through the loop's own compiled program (no
+        second compilation). Without it, it is the last iteration's, taken one M-step
+        before them (scikit-learn's ``lower_bound_``). ``params``, ``trace`` and the
+        choice of the best restart are the same either way.
 
     Rows are padded with weight 0 up to a size of :func:`bucket_rows` (steps of at most
     1/8 octave), so fits on data of similar sizes share one compiled program; padding
@@ -149,7 +155,8 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     result, xc = _fit(family, rows_in, weights, keys, params0, tol,
                       n_components=n_components, method=method, max_iter=max_iter,
                       chunk_size=chunk_size, mesh=mesh, shard=shard, n_keep=n_keep,
-                      labels=labels, progress=wanted(progress), owned=owned)
+                      labels=labels, progress=wanted(progress), owned=owned,
+                      rescore=rescore)
     return finish(result, single, check, "EM", family, (xc, weights))
 
 
@@ -460,7 +467,7 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
 
 def _fit(family, rows_in, weights, keys, params0, tol, *, n_components, method, max_iter,
          chunk_size, mesh=None, shard="rows", n_keep=None, labels=None, progress=False,
-         owned=False):
+         owned=False, rescore=False):
     """rows_in: ``[x (B, n, D)]``, emptied here so that ``x`` can be freed once centred
     (and, ``owned``, a copy the caller made, is centred in place: donated);
     weights: (B, n), keys: (B, R), params0: None or (B, R, ...), labels: None or (B, n)
@@ -489,6 +496,10 @@ def _fit(family, rows_in, weights, keys, params0, tol, *, n_components, method, 
                                n_datasets=keys.shape[0])
     else:
         state = block(state, max_iter)[0]
+    if rescore:  # one more iteration of every instance; only its E-step's value is kept
+        again = state._replace(**dict(zip(("n_iter", "converged", "failed"),
+                                          _rewound(state.n_iter, max_iter))))
+        state = state._replace(log_likelihood=block(again, 1)[0].log_likelihood)
     return _fit_finish(family, state, shift, mesh=mesh, shard=shard, n_keep=n_keep), xc
 
 
@@ -504,6 +515,16 @@ def _fit_start(family, x, weights, keys, params0, *, n_components, method, max_i
     return run_restarts(family, driver, x, weights, keys, params0, n_components, method,
                      chunk_size=chunk_size, mesh=mesh, shard=shard, labels=labels,
                      centred=True)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _rewound(n_iter: jax.Array, length: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(n_iter, converged, failed)`` of a state with every instance running again at
+    its trace's last entry (``length - 1``), so that one more block iteration takes an
+    E-step at the parameters it ends with (only these three small arrays: a program that
+    passed the parameters through would copy them)."""
+    return (jnp.full_like(n_iter, length - 1), jnp.zeros(n_iter.shape, bool),
+            jnp.zeros(n_iter.shape, bool))
 
 
 _START_STATIC = ("n_components", "method", "max_iter", "chunk_size", "mesh", "shard")

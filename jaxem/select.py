@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxem import em
-from jaxem.batch import auto_chunk_size, fit, initial_params
+from jaxem.batch import fit, initial_params
 from jaxem.families.base import Family, capability, family as register_family
 from jaxem.init import initialize
 
@@ -214,20 +213,6 @@ class Selection(NamedTuple):
     #                 those beyond K with weight 0)
 
 
-@functools.partial(jax.jit, static_argnames="chunk_size")
-def _sums_at(family, params, x, weights, chunk_size):
-    """``(sum w log p(x), sum w)`` for every instance in ``params`` (leading restart
-    axis, after a data-set axis when ``x`` is a batch)."""
-    def one(p, x, w):
-        return em.e_step(family, p, x, w, chunk_size)[1:]
-
-    if x.ndim == 2:
-        w = jnp.ones(x.shape[0], x.dtype) if weights is None else weights
-        return jax.vmap(one, (0, None, None))(params, x, w)
-    w = jnp.ones(x.shape[:2], x.dtype) if weights is None else weights
-    return jax.vmap(jax.vmap(one, (0, None, None)), (0, 0, 0))(params, x, w)
-
-
 def select_n_components(family, x, *, k_max: int, key: jax.Array, k_min: int = 1,
                         n_init: int = 1, criterion: str = "bic", weights=None,
                         max_iter: int = 100, tol: float = 1e-3, init: str | PyTree = "k-means++",
@@ -261,21 +246,18 @@ def select_n_components(family, x, *, k_max: int, key: jax.Array, k_min: int = 1
     ks = np.arange(k_min, k_max + 1)
     lead = x.ndim - 2  # 1 with a batch of data sets
     masked = _masked_starts(starts, k_min, k_max, lead)
-    if chunk_size is None:  # fit's own choice, fixed here so the final pass is chunked too
-        chunk_size = auto_chunk_size(x.reshape((-1,) + x.shape[-2:]).shape,
-                                     len(ks) * n_init, k_max, Masked(family))
+    # rescore: the log-likelihood at the returned parameters, as scikit-learn's bic(X)
+    # and aic(X) take it (the driver records the one before the last M-step).
     res = fit(Masked(family), x, n_components=k_max, key=key, n_init=len(ks) * n_init,
               weights=weights, max_iter=max_iter, tol=tol, init=masked,
-              chunk_size=chunk_size)
+              chunk_size=chunk_size, rescore=True)
     r = res.restarts
-    # The log-likelihood at the returned parameters (the driver records the one before
-    # the last M-step), as scikit-learn's bic(X) and aic(X) take it.
-    ll_sum, w_sum = _sums_at(Masked(family), r.params, x, weights, chunk_size)
-    ll = np.asarray(ll_sum / w_sum).reshape(r.log_likelihood.shape[:lead] + (len(ks), n_init))
+    ll = np.asarray(r.log_likelihood).reshape(r.log_likelihood.shape[:lead] + (len(ks), n_init))
     ok = np.isfinite(ll) & ~np.asarray(r.failed).reshape(ll.shape)
     ll = np.where(ok, ll, -np.inf)
     best_restart = np.argmax(ll, axis=-1)  # (..., n_k)
-    n_rows = np.asarray(w_sum).reshape(ll.shape)[..., :1, 0]  # (..., 1): per data set
+    n_rows = (np.full(x.shape[:lead], float(x.shape[-2])) if weights is None  # per data set
+              else np.sum(np.asarray(weights, np.float64), axis=-1))[..., None]
     total = np.take_along_axis(ll, best_restart[..., None], -1)[..., 0] * n_rows
     n_params = np.array([family.n_free_parameters(int(k), x.shape[-1]) for k in ks])
     bic = -2 * total + n_params * np.log(n_rows)

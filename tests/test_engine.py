@@ -77,6 +77,35 @@ def test_vmapped_restarts_and_datasets_equal_a_loop(make_blobs):
         np.testing.assert_allclose(r.log_likelihood[b], r.restarts.log_likelihood[b, best])
 
 
+@pytest.mark.parametrize("ct,tol,progress", [("full", -1.0, False), ("diag", 1e-2, True)])
+def test_rescore_gives_the_log_likelihood_at_the_returned_parameters(x64, make_blobs, ct,
+                                                                      tol, progress):
+    # Two data sets, the second padded with weight 0; tol=1e-2 lets some restarts stop
+    # early (frozen before the rescore's extra pass), the bar runs the loop in blocks.
+    xs = np.stack([make_blobs(s, 60, 2, 3)[0] for s in (3, 4)])
+    w = np.ones((2, 60))
+    w[1, 45:] = 0.0
+    fam = jaxem.gaussian(ct)
+    kw = dict(n_components=3, n_init=4, key=jax.random.key(1), weights=w, max_iter=8,
+              tol=tol, init="random", progress=progress)
+    plain, again = jaxem.fit(fam, xs, **kw), jaxem.fit(fam, xs, rescore=True, **kw)
+    same = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    jax.tree.map(same, plain.restarts.params, again.restarts.params)
+    for field in ("trace", "n_iter", "converged", "failed"):
+        same(getattr(plain.restarts, field), getattr(again.restarts, field))
+    same(plain.best, again.best)
+    for b in range(2):
+        for i in range(4):
+            p = jax.tree.map(lambda a: a[b, i], again.restarts.params)
+            ll_sum, w_sum = jaxem.em.e_step(fam, p, jnp.asarray(xs[b]), jnp.asarray(w[b]))[1:]
+            np.testing.assert_allclose(again.restarts.log_likelihood[b, i], ll_sum / w_sum,
+                                       rtol=1e-10)
+        # a real change: the last E-step's value is one M-step behind
+        assert not np.allclose(plain.restarts.log_likelihood[b], again.restarts.log_likelihood[b],
+                               rtol=1e-12, atol=0)
+    same(again.log_likelihood, again.restarts.log_likelihood[np.arange(2), again.best])
+
+
 @pytest.mark.parametrize("junk", [1e3, np.nan], ids=["finite", "nan"])
 def test_zero_weight_padding_changes_nothing(make_blobs, junk):
     fam = jaxem.gaussian("diag")
