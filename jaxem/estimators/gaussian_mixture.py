@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from jaxem import progress
-from jaxem.batch import FitError, fit, has_nan, initial_params
+from jaxem.batch import FitError, first_set, fit, has_nan, initial_params
 from jaxem.estimators._base import (MixtureMixin, check_n_samples, float_dtype, key_from,
                                     partial_labels, posterior, rows_per_chunk,
                                     sample_weights, to_numpy)
@@ -277,7 +277,7 @@ class GaussianMixture(Saveable, MixtureMixin, DensityMixin, BaseEstimator):
             init = initial_params(family, X, n_components=self.n_components, key=key,
                                   n_init=n_init, weights=w, init=init, labels=labels)
         params = GaussianParams(*init)
-        return params if params.means.ndim == 2 else jax.tree.map(lambda a: a[0], params)
+        return params if params.means.ndim == 2 else first_set(params)
 
     def _family(self, missing=False):
         return gaussian(self.covariance_type, self.reg_covar, missing)

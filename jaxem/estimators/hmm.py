@@ -49,7 +49,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from jaxem.batch import fit as _engine_fit
-from jaxem.batch import has_nan, with_missing
+from jaxem.batch import first_set, has_nan, with_missing
 from jaxem.estimators._base import float_dtype, key_from
 from jaxem.families.emissions import (
     CategoricalEmissionParams,
@@ -326,7 +326,7 @@ class _BaseHMM(Saveable, BaseEstimator):
         (or their absence) asks for, from ``random_state``. ``lengths`` is not needed."""
         x, w, n_data, family, dtype = self._fit_inputs(X, None)
         start = self._starts(family, x, w, key_from(self.random_state), 1, n_data, dtype)
-        self._store(jax.tree.map(lambda a: a[0], start), family)
+        self._store(first_set(start), family)
 
     def fit(self, X, lengths=None):
         """Fit by Baum-Welch. ``X (n_samples, n_features)``: sequences concatenated;
@@ -336,7 +336,7 @@ class _BaseHMM(Saveable, BaseEstimator):
         starts = self._starts(family, x, w, key, self.n_init, n_data, dtype)
         self.monitor_ = ConvergenceMonitor(self.tol, self.n_iter, self.verbose)
         if self.n_iter == 0:  # hmmlearn: initialise only
-            self._store(jax.tree.map(lambda a: a[0], starts), family)
+            self._store(first_set(starts), family)
             return self
         n_steps = float(w.sum())
         # The engine's tol is on the per-step mean and stops at |gain| <= tol; a negative

@@ -121,7 +121,7 @@ class KMeans(Saveable, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluste
         result = _fit(x3, w3, keys, params0, self._tol, int(self.max_iter), n_clusters=k,
                       method=method, trace_length=length, chunk_size=chunk, mesh=mesh,
                       n_keep=n_keep)
-        result = to_numpy(jax.tree.map(lambda a: a[0], result))  # the one data set
+        result = to_numpy(batch.first_set(result))  # the one data set
         trace = lambda r: r._replace(trace=r.trace[..., :self.max_iter])
         result = trace(result)._replace(restarts=trace(result.restarts))
         if result.failed:
