@@ -99,7 +99,7 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
       rescore: make ``log_likelihood`` (every restart's, and the best's) the mean
         log-likelihood at the returned parameters, as scikit-learn's ``score(X)`` after
         ``fit``, by one more E-step run through the loop's own compiled program (no
-        second compilation). Without it, it is the last iteration's, taken one M-step
+        pass compiled for it). Without it, it is the last iteration's, taken one M-step
         before them (scikit-learn's ``lower_bound_``). ``params``, ``trace`` and the
         choice of the best restart are the same either way.
 
@@ -497,8 +497,8 @@ def _fit(family, rows_in, weights, keys, params0, tol, *, n_components, method, 
     else:
         state = block(state, max_iter)[0]
     if rescore:  # one more iteration of every instance; only its E-step's value is kept
-        again = state._replace(**dict(zip(("n_iter", "converged", "failed"),
-                                          _rewound(state.n_iter, max_iter))))
+        n_iter, off = _rewound(state.n_iter, max_iter)
+        again = state._replace(n_iter=n_iter, converged=off, failed=off)
         state = state._replace(log_likelihood=block(again, 1)[0].log_likelihood)
     return _fit_finish(family, state, shift, mesh=mesh, shard=shard, n_keep=n_keep), xc
 
@@ -518,13 +518,12 @@ def _fit_start(family, x, weights, keys, params0, *, n_components, method, max_i
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _rewound(n_iter: jax.Array, length: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(n_iter, converged, failed)`` of a state with every instance running again at
-    its trace's last entry (``length - 1``), so that one more block iteration takes an
-    E-step at the parameters it ends with (only these three small arrays: a program that
-    passed the parameters through would copy them)."""
-    return (jnp.full_like(n_iter, length - 1), jnp.zeros(n_iter.shape, bool),
-            jnp.zeros(n_iter.shape, bool))
+def _rewound(n_iter: jax.Array, length: int) -> tuple[jax.Array, jax.Array]:
+    """``(n_iter, False)`` for a state with every instance running again at its trace's
+    last entry (``length - 1``; neither converged nor failed), so that one more block
+    iteration takes an E-step at the parameters it ends with (only these small arrays: a
+    program that passed the parameters through would copy them)."""
+    return jnp.full_like(n_iter, length - 1), jnp.zeros(n_iter.shape, bool)
 
 
 _START_STATIC = ("n_components", "method", "max_iter", "chunk_size", "mesh", "shard")
