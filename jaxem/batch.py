@@ -122,10 +122,7 @@ def fit(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size)
     given = x  # the caller's array: a JAX array that reaches _fit as it is is not donated
-    x, weights, labels, n_rows = _pad_rows(family, x, weights, labels)
-    x = checked_data(x)
-    single = x.ndim == 2
-    x = to_device(x[None] if single else x, n_rows)  # (B, n, D)
+    x, weights, labels, single = batched(family, x, weights, labels)
     family = with_missing(family, x)
     x, weights, keys, method, params0 = prepare(family, x, weights, key, n_init,
                                                  n_components, init)
@@ -185,6 +182,17 @@ def bucket_rows(n: int, unit: int = 1) -> int:
     return groups * unit
 
 
+def batched(family, x, weights=None, labels=None):
+    """:func:`fit`'s data preamble: ``(x (B, n, D) on the device, weights, labels,
+    single)``, the rows padded to :func:`bucket_rows` (weights and labels padded to
+    match, see :func:`_pad_rows`); ``single``: ``x`` was one data set ``(n, D)``, given
+    a leading axis of 1 (its weights and labels keep their ``(n,)`` shape)."""
+    x, weights, labels, n_rows = _pad_rows(family, x, weights, labels)
+    x = checked_data(x)
+    single = x.ndim == 2
+    return to_device(x[None] if single else x, n_rows), weights, labels, single
+
+
 def _pad_rows(family, x, weights, labels):
     """``(x, weights, labels, n_rows)``: ``x (n, D)`` or ``(B, n, D)`` with its rows
     padded to :func:`bucket_rows` rows of weight 0 (``weights`` made and padded with 0,
@@ -212,9 +220,8 @@ def _pad_rows(family, x, weights, labels):
     pad = bucket_rows(n, unit) - n
     if pad == 0 or any(a is not None and np.shape(a) != lead for a in (weights, labels)):
         return x, weights, labels, None
-    xp = jnp if isinstance(xa, jax.Array) else np
-    if weights is None:
-        weights = xp.ones(lead, xa.dtype if xa.dtype.kind == "f" else np.float32)
+    if weights is None:  # made and padded on the host: no program compiled for it
+        weights = np.ones(lead, xa.dtype if xa.dtype.kind == "f" else np.float32)
 
     def rows(a, axis, value):
         a = a if isinstance(a, (np.ndarray, jax.Array)) else np.asarray(a)
@@ -375,8 +382,9 @@ def finish(result, single, check, what, family=None, data=None):
     ``family`` and ``data`` (``(x (B, n, D), weights (B, n))``) make the message say
     what went wrong for that family and that input (see :func:`failure_advice`).
     """
-    if check and bool(jnp.any(result.failed)):
-        bad = np.flatnonzero(np.asarray(result.failed)).tolist()
+    failed = np.asarray(result.failed)  # (B,) on the host: no program compiled to reduce it
+    if check and failed.any():
+        bad = np.flatnonzero(failed).tolist()
         raise FitError(f"{what} failed on every restart of data set(s) {bad}: the "
                        f"parameters became non-finite. {failure_advice(family, data)}")
     return first_set(result) if single else result
@@ -497,8 +505,12 @@ def _fit(family, rows_in, weights, keys, params0, tol, *, n_components, method, 
     else:
         state = block(state, max_iter)[0]
     if rescore:  # one more iteration of every instance; only its E-step's value is kept
-        n_iter, off = _rewound(state.n_iter, max_iter)
-        again = state._replace(n_iter=n_iter, converged=off, failed=off)
+        # Every instance running again at its trace's last entry, neither converged nor
+        # failed: made on the host (a program for these few numbers took 50-80 ms to
+        # compile), as the state's own dtypes so that the block's program is reused.
+        off = np.zeros(state.n_iter.shape, bool)
+        again = state._replace(n_iter=np.full(off.shape, max_iter - 1, state.n_iter.dtype),
+                               converged=off, failed=off)
         state = state._replace(log_likelihood=block(again, 1)[0].log_likelihood)
     return _fit_finish(family, state, shift, mesh=mesh, shard=shard, n_keep=n_keep), xc
 
@@ -515,15 +527,6 @@ def _fit_start(family, x, weights, keys, params0, *, n_components, method, max_i
     return run_restarts(family, driver, x, weights, keys, params0, n_components, method,
                      chunk_size=chunk_size, mesh=mesh, shard=shard, labels=labels,
                      centred=True)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _rewound(n_iter: jax.Array, length: int) -> tuple[jax.Array, jax.Array]:
-    """``(n_iter, False)`` for a state with every instance running again at its trace's
-    last entry (``length - 1``; neither converged nor failed), so that one more block
-    iteration takes an E-step at the parameters it ends with (only these small arrays: a
-    program that passed the parameters through would copy them)."""
-    return jnp.full_like(n_iter, length - 1), jnp.zeros(n_iter.shape, bool)
 
 
 _START_STATIC = ("n_components", "method", "max_iter", "chunk_size", "mesh", "shard")
@@ -913,12 +916,16 @@ def _data_summary(x3, w3):
             jnp.where(first < x3.shape[1], first, -1), jnp.min(jnp.sum(w3 > 0, axis=1)))
 
 
-@jax.jit
-def _weights_summary(w3):
+def _weights_summary(w3, xp=jnp):
     """``(all finite and >= 0, per data set: total <= 0, fewest rows of positive
-    weight)``: one compiled program (eager, each reduction compiled its own)."""
-    return (jnp.all(jnp.isfinite(w3) & (w3 >= 0)), jnp.sum(w3, axis=1) <= 0,
-            jnp.min(jnp.sum(w3 > 0, axis=1)))
+    weight)``: with ``xp=np`` for weights on the host (nothing to compile), else
+    :func:`_device_weights_summary`."""
+    return (xp.all(xp.isfinite(w3) & (w3 >= 0)), xp.sum(w3, axis=1) <= 0,
+            xp.min(xp.sum(w3 > 0, axis=1)))
+
+
+# One compiled program for weights on the device (eager, each reduction compiled its own).
+_device_weights_summary = jax.jit(_weights_summary)
 
 
 def _check_data(x, weights, n_components, allow_nan=False, allow_empty=False):
@@ -931,12 +938,16 @@ def _check_data(x, weights, n_components, allow_nan=False, allow_empty=False):
         w = np.asarray(weights) if not isinstance(weights, jax.Array) else weights
         if np.dtype(w.dtype).kind not in "biuf":
             raise ValueError(f"weights must be real numbers, got dtype {w.dtype}.")
-        w = jnp.asarray(w, x.dtype)
+        host = isinstance(w, np.ndarray)  # summarised where it is: no copy, no compile
+        with np.errstate(over="ignore"):  # too large for x's dtype: inf, refused below
+            w = np.asarray(w, x.dtype) if host else jnp.asarray(w, x.dtype)
         w3 = w if w.ndim == 2 else w[None]
         if w3.shape != x3.shape[:2]:
             want = x3.shape[1:2] if x3.shape[0] == 1 else x3.shape[:2]  # one data set: (n,)
             raise ValueError(f"weights must have shape {want}, got {w.shape}.")
-        ok, zero, fewest = (np.asarray(a) for a in _weights_summary(w3))
+        summary = _weights_summary(w3, np) if host else _device_weights_summary(w3)
+        ok, zero, fewest = (np.asarray(a) for a in summary)
+        w3 = jnp.asarray(w3)
         if not ok:
             raise ValueError("weights must be finite and non-negative (no NaN, inf or "
                              "negative entries).")

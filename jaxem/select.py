@@ -9,14 +9,13 @@ K-component fit from the same starting parameters.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxem.batch import fit, initial_params
+from jaxem.batch import batched, fit, initial_params
 from jaxem.families.base import Family, capability, family as register_family
 from jaxem.init import initialize
 
@@ -173,28 +172,29 @@ class Masked(MaskedWrapper):
 def mask(params: PyTree, n_active: int | jax.Array) -> MaskedParams:
     """``params`` with only the first ``n_active`` components in use (weights
     renormalised over them); ``n_active`` may be an array that broadcasts against the
-    weights' leading axes, with a trailing 1 for the components' axis."""
-    k = jax.tree.leaves(params)[0].shape[-1] if not hasattr(params, "weights") \
-        else params.weights.shape[-1]
-    active = (jnp.arange(k) < n_active).astype(jax.tree.leaves(params)[0].dtype)
+    weights' leading axes, with a trailing 1 for the components' axis. NumPy
+    ``params`` are masked with NumPy, on the host."""
+    leaf = jax.tree.leaves(params)[0]
+    xp = np if isinstance(leaf, np.ndarray) else jnp
+    k = params.weights.shape[-1] if hasattr(params, "weights") else leaf.shape[-1]
+    active = (xp.arange(k) < n_active).astype(leaf.dtype)
     if hasattr(params, "weights"):
         w = params.weights * active
-        params = params._replace(weights=w / jnp.sum(w, axis=-1, keepdims=True))
-    return MaskedParams(params, jnp.broadcast_to(active, params.weights.shape
+        params = params._replace(weights=w / xp.sum(w, axis=-1, keepdims=True))
+    return MaskedParams(params, xp.broadcast_to(active, params.weights.shape
                                                   if hasattr(params, "weights") else (k,)))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _masked_starts(starts, k_min: int, k_max: int, lead: int) -> MaskedParams:
     """``starts`` (a mixture's, with weights; restart axis after ``lead`` data-set axes)
     masked to each K in ``k_min..k_max``, instances ordered (K, restart) on one axis of
-    ``n_k * n_init``."""
+    ``n_k * n_init``: NumPy arrays, made on the host (a compiled program for these few
+    numbers took 70 ms to compile; eager, every K's operations compiled again)."""
     n_k = k_max - k_min + 1
-    # All K at once on a new axis before the restarts': a loop of masks compiles (and,
-    # eager, dispatches) every K's operations again.
-    tiled = jax.tree.map(lambda a: jnp.broadcast_to(
-        jnp.expand_dims(a, lead), a.shape[:lead] + (n_k,) + a.shape[lead:]), starts)
-    masked = mask(tiled, jnp.arange(k_min, k_max + 1).reshape(n_k, 1, 1))
+    tiled = jax.tree.map(lambda a: np.broadcast_to(
+        np.expand_dims(a, lead), a.shape[:lead] + (n_k,) + a.shape[lead:]),
+        jax.tree.map(np.asarray, starts))
+    masked = mask(tiled, np.arange(k_min, k_max + 1).reshape(n_k, 1, 1))
     return jax.tree.map(lambda a: a.reshape(a.shape[:lead] + (-1,) + a.shape[lead + 2:]),
                         masked)
 
@@ -240,24 +240,28 @@ def select_n_components(family, x, *, k_max: int, key: jax.Array, k_min: int = 1
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
     if k_min > k_max:
         raise ValueError(f"k_min={k_min} is larger than k_max={k_max}.")
-    x = jnp.asarray(x)
+    # Rows padded once and one data set given a leading axis of 1, for both calls below:
+    # they then share their checks' programs, and the starts go from one to the other
+    # without being sliced and broadcast again (each an eager program to compile).
+    x, weights, _, single = batched(family, x, weights)
+    if single and weights is not None:
+        weights = weights[None]
     starts = initial_params(family, x, n_components=k_max, key=key, n_init=n_init,
-                            weights=weights, init=init)  # (..., n_init, ...)
+                            weights=weights, init=init)  # (B, n_init, ...)
     ks = np.arange(k_min, k_max + 1)
-    lead = x.ndim - 2  # 1 with a batch of data sets
-    masked = _masked_starts(starts, k_min, k_max, lead)
+    masked = _masked_starts(starts, k_min, k_max, 1)
     # rescore: the log-likelihood at the returned parameters, as scikit-learn's bic(X)
     # and aic(X) take it (the driver records the one before the last M-step).
     res = fit(Masked(family), x, n_components=k_max, key=key, n_init=len(ks) * n_init,
               weights=weights, max_iter=max_iter, tol=tol, init=masked,
               chunk_size=chunk_size, rescore=True)
     r = res.restarts
-    ll = np.asarray(r.log_likelihood).reshape(r.log_likelihood.shape[:lead] + (len(ks), n_init))
+    ll = np.asarray(r.log_likelihood).reshape(-1, len(ks), n_init)  # (B, n_k, n_init)
     ok = np.isfinite(ll) & ~np.asarray(r.failed).reshape(ll.shape)
     ll = np.where(ok, ll, -np.inf)
-    best_restart = np.argmax(ll, axis=-1)  # (..., n_k)
-    n_rows = (np.full(x.shape[:lead], float(x.shape[-2])) if weights is None  # per data set
-              else np.sum(np.asarray(weights, np.float64), axis=-1))[..., None]
+    best_restart = np.argmax(ll, axis=-1)  # (B, n_k)
+    n_rows = (np.full(x.shape[:1], float(x.shape[1])) if weights is None  # per data set
+              else np.sum(np.asarray(weights, np.float64), axis=-1))[:, None]
     total = np.take_along_axis(ll, best_restart[..., None], -1)[..., 0] * n_rows
     n_params = np.array([family.n_free_parameters(int(k), x.shape[-1]) for k in ks])
     bic = -2 * total + n_params * np.log(n_rows)
@@ -265,10 +269,14 @@ def select_n_components(family, x, *, k_max: int, key: jax.Array, k_min: int = 1
     crit = bic if criterion == "bic" else aic
     conv = np.asarray(r.converged).reshape(ll.shape).sum(-1)
 
-    def pick(a):  # (..., n_k * n_init, ...) -> best restart per K: (..., n_k, ...)
-        a = np.asarray(a).reshape(a.shape[:lead] + (len(ks), n_init) + a.shape[lead + 1:])
-        idx = best_restart.reshape(best_restart.shape + (1,) * (a.ndim - lead - 1))
-        return np.take_along_axis(a, idx, axis=lead + 1).squeeze(lead + 1)
+    def pick(a):  # (B, n_k * n_init, ...) -> best restart per K: (B, n_k, ...)
+        a = np.asarray(a).reshape((a.shape[0], len(ks), n_init) + a.shape[2:])
+        idx = best_restart.reshape(best_restart.shape + (1,) * (a.ndim - 2))
+        return np.take_along_axis(a, idx, axis=2).squeeze(2)
 
-    params = jax.tree.map(pick, r.params.params)
-    return Selection(ks, total, bic, aic, conv, ks[np.argmin(crit, axis=-1)], params)
+    out = Selection(ks, total, bic, aic, conv, ks[np.argmin(crit, axis=-1)],
+                    jax.tree.map(pick, r.params.params))
+    if single:  # drop the data-set axis again
+        out = out._replace(**{f: jax.tree.map(lambda a: a[0], getattr(out, f))
+                              for f in out._fields[1:]})
+    return out

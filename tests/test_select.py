@@ -67,11 +67,15 @@ def test_the_sweep_starts_are_a_mask_per_k(ct, n_sets, make_blobs):
         starts = jax.tree.map(lambda a: jnp.stack([a * (i + 1) for i in range(n_sets)]),
                               starts)
     got = _masked_starts(starts, 2, 5, lead)
-    want = jax.tree.map(lambda *a: jnp.concatenate(a, axis=lead),
-                        *[mask(starts, k) for k in range(2, 6)])
+    host = jax.tree.map(np.asarray, starts)  # what _masked_starts masks, with NumPy
+    want = jax.tree.map(lambda *a: np.concatenate(a, axis=lead),
+                        *[mask(host, k) for k in range(2, 6)])
+    on_device = jax.tree.map(lambda *a: jnp.concatenate(a, axis=lead),
+                             *[mask(starts, k) for k in range(2, 6)])
     assert jax.tree.structure(got) == jax.tree.structure(want)
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    for g, w, d in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(on_device)):
         np.testing.assert_array_equal(g, w)
+        np.testing.assert_allclose(g, d, rtol=1e-6)  # NumPy's and JAX's masks agree
 
 
 def test_masked_tied_fit_with_as_many_features_as_components(make_blobs, x64):
