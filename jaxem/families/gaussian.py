@@ -31,7 +31,11 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 # The second moments are differences of large numbers: never let a GPU use TF32 there.
 _HIGHEST = jax.lax.Precision.HIGHEST
 # sum_n r_nk (x_n - c_k)(x_n - c_k)^T reduced to each covariance type's shape.
-_SUM_XX = {"full": "knd,kne->kde", "tied": "knd,kne->de"}
+_SUM_XX = {"full": "knd,kne->kde", "tied": "knd,kne->de", "diag": "knd,knd->kd",
+           "spherical": "knd,knd->k"}
+# Up to this many rows, stats() takes direct differences for every covariance type:
+# exact, cheap, and nothing of the fast forms to compile (an initialisation's K seeds).
+_FEW_ROWS = 64
 # The fast (GEMM) forms expand squares about a per-chunk reference point c, e.g.
 # sum_d a_kd (x_nd - mu_kd)^2 = A - 2 B + C with A = sum_d a_kd (x_nd - c_d)^2. Their
 # rounding error is about _GAMMA * (A + C) (measured: <= 3.8 eps for D <= 64), which
@@ -294,7 +298,7 @@ class Gaussian(Mixture):
         if params is None:  # about 0: plain GEMMs over the rows (e.g. HMM emissions)
             return GaussianStats(jnp.sum(resp, axis=0), _dot(resp.T, x),
                                  self._raw_moments(x, resp))
-        if self.covariance_type == "full":
+        if self.covariance_type == "full" or x.shape[0] <= _FEW_ROWS:
             return self._stats_exact(x, resp, params, jnp.sum(resp, axis=0))
         params, x, c, z = self._centred(params, x)
         return self._stats_about_means(x, resp.T, params, c, z)
@@ -314,8 +318,7 @@ class Gaussian(Mixture):
         return self._refine(x, resp_t, params, fast, risky)
 
     def _stats_exact(self, x, resp, params, counts):
-        """``full``/``tied`` second moments from direct differences ``x_n - mu_k``:
-        ``(K, n, D)`` work."""
+        """Second moments from direct differences ``x_n - mu_k``: ``(K, n, D)`` work."""
         # z_kn = sqrt(r_nk) (x_n - mu_k), component-major so that sum_n z z^T is a
         # batched GEMM over k.
         z = jnp.sqrt(resp.T)[:, :, None] * (x[None] - params.means[:, None])
