@@ -70,6 +70,10 @@ def scan_rows(fn: Callable, carry: PyTree, x: PyTree, weights: Array,
 def sum_rows(fn: Callable, x: PyTree, weights: Array, chunk_size: int | None = None,
              axis_name: str | None = None) -> PyTree:
     """``sum over chunks of fn(x_chunk, w_chunk, rows)``, summed over devices too."""
+    n = weights.shape[0]
+    if chunk_size is None or chunk_size >= n:  # one chunk: fn traced once, not twice
+        return psum(fn(x, weights, row_offset(n, axis_name) + jnp.arange(n, dtype=jnp.int32)),
+                    axis_name)
     zeros = jax.tree.map(
         lambda s: jnp.zeros(s.shape, s.dtype),
         jax.eval_shape(fn, jax.tree.map(lambda a: a[:1], x), weights[:1],
