@@ -85,7 +85,8 @@ def test_fast_form_used_and_equal_to_exact(ct):
     fam, x, params = _data_and_params(ct, 3.0, 1.0)
     _, _, c, z = fam._centred(params, x)
     assert not bool(fam._maha_risky(params, c))
-    np.testing.assert_allclose(fam._maha_fast(params, c, z), fam._maha_exact(params, x),
+    np.testing.assert_allclose(fam._log_joint_gemm(params, c, z),
+                               fam._log_joint_from(params, fam._maha_exact(params, x)),
                                rtol=1e-5, atol=1e-4)
     resp = _two_blob_resp(x)
     _, risky = fam._stats_fast(z, c, resp.T, params, jnp.sum(resp, axis=0))

@@ -41,7 +41,7 @@ _FEW_ROWS = 64
 # rounding error is about _GAMMA * (A + C) (measured: <= 3.8 eps for D <= 64), which
 # is large against the result when a tight component sits far from c (the terms
 # cancel). A chunk whose estimated error exceeds _RTOL relative to the result (see
-# _maha_fast and _stats_fast) is recomputed with the exact differences instead (the
+# _log_joint_gemm and _stats_fast) is recomputed with the exact differences instead (the
 # statistics of diag and spherical components: only the components concerned).
 _GAMMA = 4.0
 _RTOL = 1e-4
@@ -128,7 +128,7 @@ class Gaussian(Mixture):
         """``log p(x_n, z_n = k)``: ``x (n, D)`` -> ``(n, K)``.
 
         ``diag``, ``spherical`` and ``tied`` use matrix multiplies (see
-        :meth:`_maha_fast`), falling back to direct differences for a block of rows
+        :meth:`_log_joint_gemm`), falling back to direct differences for a block of rows
         where those would lose float32 accuracy; ``full`` is one GEMM and differences.
         """
         if self.missing:
@@ -164,18 +164,9 @@ class Gaussian(Mixture):
         """:meth:`log_joint` ``(K, n)`` of ``diag``, ``spherical`` and ``tied`` from
         the rows centred by :meth:`_centred`: GEMMs, or direct differences where those
         may lose float32 accuracy (see :meth:`_maha_risky`)."""
-        if self.covariance_type == "tied":
-            fast = lambda: self._log_joint_from(params, self._maha_fast(params, c, z))
-        else:
-            def fast():  # -maha/2 and the constants folded into the GEMM: no pass over
-                # (K, n) after it (128 restarts x 16 diag components, N = 20480: 43 -> 35
-                # ms per iteration). Unclamped: a distance that rounds below 0 moves the
-                # log-joint by less than the error _maha_risky accepts.
-                w, sq = self._maha_gemm(params, c)
-                return _dot(-0.5 * w, z.T) + (self._log_norm(params) - 0.5 * sq)[:, None]
         return jax.lax.cond(_any_in_batch(self._maha_risky(params, c)),
                             lambda: self._log_joint_from(params, self._maha_exact(params, x)),
-                            fast)
+                            lambda: self._log_joint_gemm(params, c, z))
 
     def posterior(self, log_joint: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
         """``log_joint: (n, K)`` -> ``(resp (n, K), log_likelihood (n,))``, with one
@@ -208,40 +199,39 @@ class Gaussian(Mixture):
         t = jnp.tile(xc, (1, 2))
         return params, x, c, jnp.where(jnp.arange(t.shape[1]) < x.shape[1], t, t * t)
 
-    def _maha_fast(self, params, c, z):
-        """Squared Mahalanobis distances ``(K, n)`` as one GEMM of the rows ``z`` about
-        ``c`` (see :meth:`_centred`).
+    def _log_joint_gemm(self, params, c, z):
+        """:meth:`log_joint` ``(K, n)`` by GEMMs of the rows ``z`` about ``c`` (see
+        :meth:`_centred`), the fast form.
 
         With ``m_k = mu_k - c`` and ``a = P P^T``:
         ``(x-mu)^T a (x-mu) = A - 2 B + C``, ``A = (x-c)^T a (x-c)``,
         ``B = (x-c)^T a m``, ``C = m^T a m``; ``A - 2 B`` is ``z`` times a ``(2D, K)``
-        matrix (``diag``). See :meth:`_maha_risky` for its accuracy.
+        matrix (``diag``). See :meth:`_maha_risky` for its accuracy. For ``diag`` and
+        ``spherical``, ``-1/2`` and the constants are folded into that one GEMM: no pass
+        over ``(K, n)`` after it (128 restarts x 16 diag components, N = 20480: 43 -> 35
+        ms per iteration). Unclamped: a distance that rounds below 0 moves the
+        log-joint by less than the error :meth:`_maha_risky` accepts.
         """
-        if self.covariance_type != "tied":
-            w, sq = self._maha_gemm(params, c)
-            return jnp.maximum(_dot(w, z.T) + sq[:, None], 0.0)
         p = params.precisions_cholesky
         m = params.means - c
-        xp = _dot(z, p)
-        mp = _dot(m, p)
-        maha = (jnp.sum(xp * xp, axis=1) - 2.0 * _dot(mp, xp.T)
-                + jnp.sum(mp * mp, axis=1)[:, None])
-        return jnp.maximum(maha, 0.0)
-
-    def _maha_gemm(self, params, c):
-        """``diag``/``spherical``: ``(W (K, cols), C (K,))`` with the squared distances
-        ``W @ z.T + C[:, None]`` (see :meth:`_maha_fast`)."""
-        p = params.precisions_cholesky
-        m = params.means - c
-        if self.covariance_type == "diag":
+        ct = self.covariance_type
+        if ct == "tied":
+            xp = _dot(z, p)
+            mp = _dot(m, p)
+            maha = (jnp.sum(xp * xp, axis=1) - 2.0 * _dot(mp, xp.T)
+                    + jnp.sum(mp * mp, axis=1)[:, None])
+            return self._log_joint_from(params, jnp.maximum(maha, 0.0))
+        if ct == "diag":
             a = p * p
-            return jnp.concatenate([-2.0 * a * m, a], axis=1), jnp.sum(a * m * m, axis=1)
-        s = p * p
-        ones = jnp.ones_like(m[:, :1])
-        return jnp.concatenate([-2.0 * m, ones], axis=1) * s[:, None], jnp.sum(m * m, axis=1) * s
+            w, sq = jnp.concatenate([-2.0 * a * m, a], axis=1), jnp.sum(a * m * m, axis=1)
+        else:  # spherical
+            s = p * p
+            w = jnp.concatenate([-2.0 * m, jnp.ones_like(m[:, :1])], axis=1) * s[:, None]
+            sq = jnp.sum(m * m, axis=1) * s
+        return _dot(-0.5 * w, z.T) + (self._log_norm(params) - 0.5 * sq)[:, None]
 
     def _maha_risky(self, params, c):
-        """Whether :meth:`_maha_fast` about ``c`` may miss ``_RTOL`` (a scalar bool).
+        """Whether :meth:`_log_joint_gemm` about ``c`` may miss ``_RTOL`` (a scalar bool).
 
         Its rounding error is about ``_GAMMA eps (A + C)``. As ``A <= 3 C + 2 result``
         (triangle inequality), it is within ``_RTOL (D + result)`` for every row when
