@@ -252,18 +252,22 @@ def select_n_components(family, x, *, k_max: int, key: jax.Array, k_min: int = 1
     masked = _masked_starts(starts, k_min, k_max, 1)
     # rescore: the log-likelihood at the returned parameters, as scikit-learn's bic(X)
     # and aic(X) take it (the driver records the one before the last M-step).
-    res = fit(Masked(family), x, n_components=k_max, key=key, n_init=len(ks) * n_init,
-              weights=weights, max_iter=max_iter, tol=tol, init=masked,
-              chunk_size=chunk_size, rescore=True)
+    # The rows handed over, no reference kept here: fit frees them once it has centred
+    # them, instead of their being held beside the centred copy for the whole sweep.
+    (n_sets, n_samples, n_features), rows_in = x.shape, [x]
+    del x
+    res = fit(Masked(family), rows_in.pop(), n_components=k_max, key=key,
+              n_init=len(ks) * n_init, weights=weights, max_iter=max_iter, tol=tol,
+              init=masked, chunk_size=chunk_size, rescore=True)
     r = res.restarts
     ll = np.asarray(r.log_likelihood).reshape(-1, len(ks), n_init)  # (B, n_k, n_init)
     ok = np.isfinite(ll) & ~np.asarray(r.failed).reshape(ll.shape)
     ll = np.where(ok, ll, -np.inf)
     best_restart = np.argmax(ll, axis=-1)  # (B, n_k)
-    n_rows = (np.full(x.shape[:1], float(x.shape[1])) if weights is None  # per data set
+    n_rows = (np.full(n_sets, float(n_samples)) if weights is None  # per data set
               else np.sum(np.asarray(weights, np.float64), axis=-1))[:, None]
     total = np.take_along_axis(ll, best_restart[..., None], -1)[..., 0] * n_rows
-    n_params = np.array([family.n_free_parameters(int(k), x.shape[-1]) for k in ks])
+    n_params = np.array([family.n_free_parameters(int(k), n_features) for k in ks])
     bic = -2 * total + n_params * np.log(n_rows)
     aic = -2 * total + 2 * n_params
     crit = bic if criterion == "bic" else aic
