@@ -719,18 +719,20 @@ def best_of(restarts: em.EMResult) -> FitResult:
 def initial_params(family, x, *, n_components: int, key: jax.Array, n_init: int = 1,
                    weights=None, init: str | PyTree = "kmeans", labels=None) -> PyTree:
     """The starting points :func:`jaxem.fit` would use for ``key``: ``(n_init, ...)``,
-    or ``(n_datasets, n_init, ...)`` for a batch ``x`` (with ``labels``, as ``fit``)."""
+    or ``(n_datasets, n_init, ...)`` for a batch ``x`` (with ``labels``, as ``fit``),
+    from the rows padded as ``fit`` pads them (so the two share their programs)."""
+    x, weights, labels, single = batched(family, x, weights, labels)
     x3, w3, keys, method, params0 = prepare(family, x, weights, key, n_init,
                                                    n_components, init)
     if labels is not None:
-        labels = jnp.asarray(check_labels(labels, x3.shape[int(jnp.ndim(x) == 2):2],
+        labels = jnp.asarray(check_labels(labels, x3.shape[int(single):2],
                                           n_components, family)).reshape(x3.shape[:2])
     if method is None:
         params = params0
     else:
         params = _initial(family, x3, w3, keys, labels, n_components=n_components,
                           method=method)
-    return params if jnp.ndim(x) == 3 else first_set(params)
+    return first_set(params) if single else params
 
 
 @functools.partial(jax.jit, static_argnames=("n_components", "method"))

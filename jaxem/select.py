@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxem.batch import batched, fit, initial_params
+from jaxem.batch import fit, initial_params
 from jaxem.families.base import Family, capability, family as register_family
 from jaxem.init import initialize
 
@@ -240,32 +240,30 @@ def select_n_components(family, x, *, k_max: int, key: jax.Array, k_min: int = 1
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
     if k_min > k_max:
         raise ValueError(f"k_min={k_min} is larger than k_max={k_max}.")
-    # Rows padded once and one data set given a leading axis of 1, for both calls below:
-    # they then share their checks' programs, and the starts go from one to the other
-    # without being sliced and broadcast again (each an eager program to compile).
-    x, weights, _, single = batched(family, x, weights)
-    if single and weights is not None:
-        weights = weights[None]
+    # Both calls pad the rows alike (jaxem.batch.batched), so they share their checks'
+    # programs; fit pads and centres its own copy (donated: the data held once more,
+    # not twice).
     starts = initial_params(family, x, n_components=k_max, key=key, n_init=n_init,
-                            weights=weights, init=init)  # (B, n_init, ...)
+                            weights=weights, init=init)  # (..., n_init, ...)
+    shape = np.shape(x)
+    single = len(shape) == 2  # one data set: given an axis of 1 here, dropped at the end
+    n_sets, n_samples, n_features = (1,) * single + shape
     ks = np.arange(k_min, k_max + 1)
-    masked = _masked_starts(starts, k_min, k_max, 1)
+    masked = _masked_starts(starts, k_min, k_max, int(not single))
+    if single:  # the data-set axis fit would add, added here on the host: nothing compiled
+        masked = jax.tree.map(lambda a: a[None], masked)
     # rescore: the log-likelihood at the returned parameters, as scikit-learn's bic(X)
     # and aic(X) take it (the driver records the one before the last M-step).
-    # The rows handed over, no reference kept here: fit frees them once it has centred
-    # them, instead of their being held beside the centred copy for the whole sweep.
-    (n_sets, n_samples, n_features), rows_in = x.shape, [x]
-    del x
-    res = fit(Masked(family), rows_in.pop(), n_components=k_max, key=key,
-              n_init=len(ks) * n_init, weights=weights, max_iter=max_iter, tol=tol,
-              init=masked, chunk_size=chunk_size, rescore=True)
-    r = res.restarts
+    res = fit(Masked(family), x, n_components=k_max, key=key, n_init=len(ks) * n_init,
+              weights=weights, max_iter=max_iter, tol=tol, init=masked,
+              chunk_size=chunk_size, rescore=True)
+    r = jax.tree.map(lambda a: np.asarray(a)[None] if single else np.asarray(a), res.restarts)
     ll = np.asarray(r.log_likelihood).reshape(-1, len(ks), n_init)  # (B, n_k, n_init)
     ok = np.isfinite(ll) & ~np.asarray(r.failed).reshape(ll.shape)
     ll = np.where(ok, ll, -np.inf)
     best_restart = np.argmax(ll, axis=-1)  # (B, n_k)
     n_rows = (np.full(n_sets, float(n_samples)) if weights is None  # per data set
-              else np.sum(np.asarray(weights, np.float64), axis=-1))[:, None]
+              else np.atleast_1d(np.sum(np.asarray(weights, np.float64), axis=-1)))[:, None]
     total = np.take_along_axis(ll, best_restart[..., None], -1)[..., 0] * n_rows
     n_params = np.array([family.n_free_parameters(int(k), n_features) for k in ks])
     bic = -2 * total + n_params * np.log(n_rows)
