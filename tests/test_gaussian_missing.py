@@ -15,12 +15,15 @@ CTS = ["full", "tied", "diag", "spherical"]
 K, D = 3, 4
 
 
-def _problem(ct, seed=0, n=60, frac=0.3):
-    """Data with NaN (every row keeps one observed entry) and valid parameters."""
+def _problem(ct, seed=0, n=60, frac=0.3, most=None):
+    """Data with NaN (every row keeps one observed entry; ``most``: at most that many
+    missing) and valid parameters."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, D)) * 2 + rng.integers(0, 3, n)[:, None] * 3.0
     miss = rng.random((n, D)) < frac
     miss[np.arange(n), rng.integers(0, D, n)] = False
+    if most is not None:
+        miss &= np.cumsum(miss, axis=1) <= most
     x[miss] = np.nan
     means = rng.normal(size=(K, D)) * 3
     a = rng.normal(size=(K, D, D)) * 0.4 + np.eye(D)
@@ -72,29 +75,39 @@ def _reference(ct, x, weights, means, cov):
     return lj, ex, exx
 
 
+# Rows with at most D // 2 gaps factorise the precision of their missing features, rows
+# with more the covariance of their observed ones: chunks with only the first kind
+# ("few"), mostly the first ("some") and mostly the second ("many").
+GAPS = pytest.mark.parametrize("gaps", [dict(most=D // 2), dict(), dict(frac=0.7)],
+                               ids=["few", "some", "many"])
+
+
+@GAPS
 @pytest.mark.parametrize("ct", CTS)
-def test_log_joint_is_the_marginal_of_the_observed_features(ct, x64):
-    fam, x, params, cov = _problem(ct)
+def test_log_joint_is_the_marginal_of_the_observed_features(ct, gaps, x64):
+    fam, x, params, cov = _problem(ct, **gaps)
     ref, _, _ = _reference(ct, x, *(np.asarray(a) for a in params[:2]), cov)
     np.testing.assert_allclose(fam.log_joint(params, jnp.asarray(x)), ref, rtol=1e-10)
 
 
+@GAPS
 @pytest.mark.parametrize("ct", CTS)
-def test_em_step_uses_conditional_means_and_covariances(ct, x64):
-    _check_em_step(ct)
+def test_em_step_uses_conditional_means_and_covariances(ct, gaps, x64):
+    _check_em_step(ct, gaps)
 
 
+@GAPS
 @pytest.mark.parametrize("ct", ["full", "tied"])
-def test_em_step_with_blocks_factorised_in_loops(ct, x64, monkeypatch):
-    # Missing blocks larger than _UNROLL are factorised in loops over their columns
-    # (data with many features); here every block is.
+def test_em_step_with_blocks_factorised_in_loops(ct, gaps, x64, monkeypatch):
+    # Blocks larger than _UNROLL are factorised in loops over their columns (data with
+    # many features); here every block is.
     from jaxem.families import gaussian_missing
     monkeypatch.setattr(gaussian_missing, "_UNROLL", 0)
-    _check_em_step(ct)
+    _check_em_step(ct, gaps)
 
 
-def _check_em_step(ct):
-    fam, x, params, cov = _problem(ct, seed=1)
+def _check_em_step(ct, gaps):
+    fam, x, params, cov = _problem(ct, seed=1, **gaps)
     w, mu = (np.asarray(a) for a in params[:2])
     lj, ex, exx = _reference(ct, x, w, mu, cov)
     resp = np.exp(lj - np.logaddexp.reduce(lj, axis=1, keepdims=True))

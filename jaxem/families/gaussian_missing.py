@@ -9,14 +9,16 @@ compiled computation with masks, never a loop over missing patterns:
 
 * ``diag``/``spherical``: features are independent given the component, so a missing
   feature drops out of the density, and its expected square is ``(mu - mu)^2 + var``.
-* ``full``/``tied``: in the precision form ``Lam = S^-1`` (see :func:`_conditional`),
-  only the missing block ``Lam_mm`` of each row is factorised, gathered to ``m`` slots:
-  the chunk's most missing entries, rounded up to a bucket. Rows sorted by their number
-  of missing entries (as :func:`jaxem.fit` sorts them) make most chunks' blocks small.
+* ``full``/``tied``: each row factorises one block per component, gathered to ``m``
+  slots (see :func:`_conditional`): the precision ``Lam = S^-1`` of its missing features
+  (``Lam_mm``) when it misses at most half of them, else the covariance ``S_oo`` of its
+  observed ones, so no block is larger than ``D // 2``. ``m`` is the chunk's most gaps
+  (at most ``D // 2``) rounded up to a bucket. Rows sorted by their number of missing
+  entries (as :func:`jaxem.fit` sorts them) make most chunks' blocks small.
 
-Work is ``(rows, K, D)`` GEMM-shaped, plus for full/tied an ``m x m`` Cholesky, solve and
-inverse per row and component as elementwise work on ``(rows, K)`` arrays, and a scatter
-of each row's conditional covariance into ``(K, D, D)``; bounded by the engine's chunks.
+Work is ``(K, D, rows)`` GEMM-shaped, plus for full/tied an ``m x m`` Cholesky, solve
+and inverse per row and component as elementwise work on ``(K, rows)`` arrays, and a
+scatter of each row's block inverse into ``(K, D, D)``; bounded by the engine's chunks.
 """
 from __future__ import annotations
 
@@ -35,24 +37,30 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # its (static, small) size or in loops (:data:`_UNROLL`): XLA's CPU LAPACK kernels for a batch of (n, K) matrices
 # deadlocked inside EM's while_loop on a 2-thread pool (jaxlib 0.10.2), and batched tiny
 # matmuls run far below elementwise speed there. The block is gathered to ``m`` slots,
-# the chunk's most missing entries rounded up to a bucket (:func:`_buckets`), so its cost
-# is O(m^3) per row and component, not O(D^3).
+# the chunk's most gaps (at most D // 2) rounded up to a bucket (:func:`_buckets`), so
+# its cost is O(m^3) per row and component, not O(D^3).
 def _buckets(d: int) -> tuple[int, ...]:
-    """Sizes the missing block of a chunk is padded to: 0, 1, 2, 4, ... and ``d``."""
-    sizes, m = [0], 1
+    """Sizes a chunk's blocks are padded to: 0, 1, 2, 3, 4, 6, 8, 12, ... and ``d`` (at
+    most a third of a block padding)."""
+    sizes, m = [0, 1], 2
     while m < d:
-        sizes.append(m)
+        sizes += [m, m + m // 2]
         m *= 2
-    return tuple(sizes + [d])
+    return tuple(sorted({s for s in sizes if s < d} | {d}))
 
 
 def _by_bucket(fn, x):
-    """``fn(m, x)`` with ``m`` the smallest bucket that holds every row's missing entries
-    in ``x (n, D)``: one compiled branch per bucket, chosen at run time (rows sorted by
-    their number of missing entries make most chunks small)."""
-    sizes = _buckets(x.shape[-1])
-    index = jnp.searchsorted(jnp.asarray(sizes), _most_missing(x))
-    return jax.lax.switch(index, [lambda x, m=m: fn(m, x) for m in sizes], x)
+    """``fn(m, mixed, x)``: for a chunk ``x (n, D)`` whose rows miss at most ``D // 2``
+    entries, ``m`` is the smallest bucket that holds them all and ``mixed`` False; for
+    one with more, ``mixed`` is True and ``m`` holds ``D // 2`` (see :func:`_conditional`).
+    One compiled branch per bucket, chosen at run time (rows sorted by their number of
+    missing entries make most chunks small)."""
+    half = x.shape[-1] // 2
+    sizes = _buckets(half)
+    most = _most_missing(x)
+    index = jnp.where(most > half, len(sizes), jnp.searchsorted(jnp.asarray(sizes), most))
+    return jax.lax.switch(index, [lambda x, m=m: fn(m, False, x) for m in sizes]
+                          + [lambda x: fn(max(half, 1), True, x)], x)
 
 
 @jax.custom_batching.custom_vmap
@@ -70,7 +78,7 @@ def _most_missing_vmap(axis_size, in_batched, x):
 
 
 # Blocks up to this size are factorised unrolled, entry by entry; larger ones (chunks
-# with many gaps, from data with more than 16 features) in loops over the columns,
+# with many gaps in data with more than 33 features) in loops over the columns,
 # whose compile time does not grow with m^3 but which run ~10x slower (N=1024 rows,
 # K=8: an unrolled 16 x 16 block took 9 s to compile and 9 ms to run, in loops 0.8 s
 # and 113 ms; an unrolled 8 x 8 block 2.3 s and 2.5 ms).
@@ -193,137 +201,173 @@ def fill_means(x, weights):
     return jnp.where(o > 0, x0, total / jnp.maximum(count, jnp.finfo(x.dtype).tiny))
 
 
-def _conditional(family, params, x, m=None):
-    """Per row and component: ``delta (n, K, D)`` = expected ``x - mu_k`` (observed
-    differences, conditional means of the missing), the conditional covariance of the
-    missing features as ``(n, K, D)`` variances (diag, spherical) or a factor ``V (n, K,
-    m, D)`` with covariance ``V^T V`` (full, tied: ``m`` slots for the missing block), the
-    Mahalanobis distance over the observed features and ``log det`` of their covariance
-    (both ``(n, K)``).
+def _conditional(family, params, x, m=None, mixed=False):
+    """Per component and row, rows last: ``delta (K, D, n)`` = expected ``x - mu_k``
+    (observed differences, conditional means of the missing), the conditional
+    covariance of the missing features as ``(K, D, n)`` variances (diag, spherical) or
+    ``(inv, flat, cov_rows, S)`` (full, tied: see below), the Mahalanobis distance over
+    the observed features and ``log det`` of their covariance (both ``(K, n)``).
 
-    Full and tied work in the precision form, with ``Lam = S^-1`` and ``m`` the missing
-    features: the conditional covariance is ``Lam_mm^-1``, the conditional mean offset
-    ``-Lam_mm^-1 Lam_mo d_o``, ``log det S_oo = log det S + log det Lam_mm``, and the
-    observed Mahalanobis distance is the full one at the conditional mean (its minimum
-    over the missing entries: a sum of squares, whose error is second order in the
-    solve's)."""
+    Full and tied factorise one block per row and component, gathered to ``m`` slots.
+    A row with at most ``D // 2`` gaps (every row unless ``mixed``) takes the precision
+    form, with ``Lam = S^-1`` and its missing features in the slots: the conditional
+    covariance is ``Lam_mm^-1``, the conditional mean offset ``-Lam_mm^-1 Lam_mo d_o``
+    and ``log det S_oo = log det S + log det Lam_mm``. A row with more gaps
+    (``cov_rows``) takes the covariance form, with its observed features in the slots:
+    ``S_oo`` is factorised, the conditional mean offset is ``S_mo S_oo^-1 d_o`` and the
+    conditional covariance ``S - S E_o S_oo^-1 E_o^T S`` (``E_o`` the observed columns of
+    the identity; zero on the observed rows and columns). So no block has more than
+    ``D // 2`` slots. Either way the observed Mahalanobis distance is the full one at the
+    conditional mean (its minimum over the missing entries: a sum of squares, whose
+    error is second order in the solve's). ``inv (m (m + 1) / 2, K, n)`` is the upper
+    triangle of the block's inverse (0 in unused slots), ``flat (m (m + 1) / 2, n)``
+    each entry's index into ``(D, D)``; ``cov_rows (n,)`` 0/1 and ``S (K, D, D)`` are
+    None unless ``mixed``.
+
+    Rows last, so the GEMMs are ``(D, D) x (D, n)`` per component, each entry of the
+    unrolled ``m x m`` algebra is a whole ``(K, n)`` array (elementwise work XLA fuses),
+    and the gathers by index run along a major axis (one-hot contractions, and slices
+    of a minor ``m`` axis, ran several times slower on XLA's CPU backend than all the
+    rest)."""
     o, x0 = _mask(x)
+    ot = o.T  # (D, n)
     mu = params.means
-    diff = o[:, None, :] * (x0[:, None, :] - mu[None])  # (n, K, D)
+    diff = ot * (x0.T - mu[:, :, None])  # (K, D, n)
     ct = family.covariance_type
     if ct in ("diag", "spherical"):
         p = params.precisions_cholesky
-        p = p if ct == "diag" else jnp.broadcast_to(p[:, None], mu.shape)
-        maha = jnp.sum((diff * p[None]) ** 2, axis=-1)
-        log_det = -2.0 * jnp.matmul(o, jnp.log(p).T, precision=_HIGHEST)  # of S_oo
-        cond_cov = (1.0 - o)[:, None, :] / (p * p)[None]
-        return diff, cond_cov, maha, log_det
+        p = (p if ct == "diag" else jnp.broadcast_to(p[:, None], mu.shape))[:, :, None]
+        maha = jnp.sum((diff * p) ** 2, axis=1)
+        log_det = -2.0 * jnp.matmul(jnp.log(p[:, :, 0]), ot, precision=_HIGHEST)  # of S_oo
+        return diff, (1.0 - ot) / (p * p), maha, log_det
     k, d = mu.shape
+    n = x.shape[0]
     p = jnp.broadcast_to(params.precisions_cholesky, (k, d, d))  # tied: each k
     log_det = -2.0 * jnp.sum(jnp.log(jnp.diagonal(p, axis1=-2, axis2=-1)), axis=-1)  # S
+    pt = jnp.swapaxes(p, 1, 2)
     if not m:  # complete rows
-        y = jnp.einsum("nkd,kde->nke", diff, p, precision=_HIGHEST)
-        return diff, (jnp.zeros((0,) + diff.shape[:2], x.dtype),
-                      jnp.zeros((0, x.shape[0]), jnp.int32)), jnp.sum(y * y, -1), \
-            jnp.broadcast_to(log_det, diff.shape[:2])
-    # Rows last: arrays (K, D, n) and (K, n), so the GEMMs are (D, D) x (D, n) per
-    # component, each of the unrolled m x m algebra's entries is a whole (K, n) array
-    # (elementwise work XLA fuses), and the gathers by index run along a major axis
-    # (one-hot contractions, and slices of a minor m axis, ran several times slower on
-    # XLA's CPU backend than all the rest).
-    idx, valid = _missing_slots(x, m)  # the row's missing features in order, (n, m)
-    it, vt = idx.T, valid.T
-    diff = jnp.transpose(diff, (1, 2, 0))
-    lam = jnp.matmul(p, jnp.swapaxes(p, 1, 2), precision=_HIGHEST)
+        y = jnp.matmul(pt, diff, precision=_HIGHEST)
+        return diff, (jnp.zeros((0, k, n), x.dtype), jnp.zeros((0, n), jnp.int32), None, None), \
+            jnp.sum(y * y, axis=1), jnp.broadcast_to(log_det[:, None], (k, n))
+    lam = jnp.matmul(p, pt, precision=_HIGHEST)
     lam_d = jnp.matmul(lam, diff, precision=_HIGHEST)  # Lam d_o (K, D, n)
-    b = [vt[j] * jnp.take_along_axis(lam_d, it[j][None, None], axis=1)[:, 0]
-         for j in range(m)]  # Lam_mo d_o
-    lam_mm = jnp.take(lam.reshape(k, d * d), it[:, None] * d + it[None], axis=1)  # (K, m, m, n)
+    table, source, in_slots, cov_rows, s = lam.reshape(k, d * d), lam_d, 1.0 - o, None, None
+    if mixed:  # the covariance form's rows gather from S and d_o, at offsets d * d and d
+        cov_rows = (jnp.sum(ot, axis=0) < d - d // 2).astype(x.dtype)
+        s = jnp.broadcast_to(family.covariances(params), (k, d, d))
+        table = jnp.concatenate([table, s.reshape(k, d * d)], axis=1)
+        source = jnp.concatenate([lam_d, diff], axis=1)
+        in_slots = jnp.where(cov_rows[:, None] > 0, o, in_slots)
+    idx, valid = _slots(in_slots, m)  # the features in the row's slots, in order, (n, m)
+    it, vt = idx.T, valid.T
+    shift = 0 if cov_rows is None else cov_rows.astype(jnp.int32)
+    b = [vt[j] * jnp.take_along_axis(source, (it[j] + d * shift)[None, None], axis=1)[:, 0]
+         for j in range(m)]  # Lam_mo d_o, or d_o
+    rows, cols = _upper(m)
+    flat = jnp.stack([it[i] * d + it[j] for i, j in zip(rows, cols)])  # (P, n)
+    block = jnp.take(table, flat + d * d * shift, axis=1)  # the upper triangle (K, P, n)
+    pair = {ij: q for q, ij in enumerate(zip(rows, cols))}
 
     def entry(i, j):  # unused slots: the identity
         used = vt[i] * vt[j]
-        return used * lam_mm[:, i, j] + (1.0 - used if i == j else 0.0)
+        return used * block[:, pair[j, i]] + (1.0 - used if i == j else 0.0)
 
-    log_det_mm, z, cov = _spd(entry, b)  # z = Lam_mm^-1 Lam_mo d_o
+    log_det_mm, z, inv = _spd(entry, b)  # z = Lam_mm^-1 Lam_mo d_o, or S_oo^-1 d_o
     e = vt[:, None] * jax.nn.one_hot(idx, d, dtype=x.dtype).transpose(1, 2, 0)  # (m, D, n)
-    delta = diff - sum(z[j][:, None] * e[j] for j in range(m))
-    y = jnp.matmul(jnp.swapaxes(p, 1, 2), delta, precision=_HIGHEST)
-    log_det = jnp.where(jnp.sum(o, axis=-1) > 0, log_det[:, None] + log_det_mm, 0.0)
-    # The conditional covariance Lam_mm^-1: its upper triangle (m (m + 1) / 2, K, n),
-    # 0 in unused slots, and each entry's flat index into (D, D).
-    rows, cols = _upper(m)
-    cov = cov * (vt[rows] * vt[cols])[:, None]
-    flat = it[rows] * d + it[cols]
-    return (jnp.transpose(delta, (2, 0, 1)), (jnp.swapaxes(cov, 1, 2), flat),
-            jnp.sum(y * y, axis=1).T, log_det.T)
+    z = sum(z[j][:, None] * e[j] for j in range(m))  # in the slots' features (K, D, n)
+    if cov_rows is None:
+        delta, log_det = diff - z, log_det[:, None] + log_det_mm
+    else:
+        delta = (diff - (1.0 - cov_rows) * z
+                 + cov_rows * (1.0 - ot) * jnp.matmul(s, z, precision=_HIGHEST))
+        log_det = jnp.where(cov_rows > 0, log_det_mm, log_det[:, None] + log_det_mm)
+    y = jnp.matmul(pt, delta, precision=_HIGHEST)
+    log_det = jnp.where(jnp.sum(ot, axis=0) > 0, log_det, 0.0)
+    inv = inv * jnp.stack([vt[i] * vt[j] for i, j in zip(rows, cols)])[:, None]
+    return delta, (inv, flat, cov_rows, s), jnp.sum(y * y, axis=1), log_det
 
 
-def _missing_slots(x, m):
-    """``(idx (n, m) int32, valid (n, m) 0/1)``: the indices of each row's first ``m``
-    missing features in order, and which slots hold one. The ``j``-th missing feature
-    is preceded by ``j`` of them: its index counts the features with at most ``j``
-    missing up to and including them (a compare and a sum; XLA's CPU backend runs
-    ``argsort`` and ``top_k`` inside a larger program as a full sort, ~10x slower, and
-    ``cumsum`` as a reduce-window, ~5x slower than this matmul)."""
-    d = x.shape[-1]
-    upto = jnp.triu(jnp.ones((d, d), x.dtype))  # a cumulative sum as a (small) GEMM:
-    seen = jnp.matmul(jnp.isnan(x).astype(x.dtype), upto, precision=_HIGHEST)  # exact
-    before = seen[:, None, :] <= jnp.arange(m, dtype=x.dtype)[:, None]  # (n, m, D)
+def _slots(flags, m):
+    """``(idx (n, m) int32, valid (n, m) 0/1)``: the indices of the first ``m`` features
+    flagged 1 in each row of ``flags (n, D)`` 0/1, in order, and which slots hold one.
+    The ``j``-th flagged feature is preceded by ``j`` of them: its index counts the
+    features with at most ``j`` flagged up to and including them (a compare and a sum;
+    XLA's CPU backend runs ``argsort`` and ``top_k`` inside a larger program as a full
+    sort, ~10x slower, and ``cumsum`` as a reduce-window, ~5x slower than this matmul)."""
+    d = flags.shape[-1]
+    upto = jnp.triu(jnp.ones((d, d), flags.dtype))  # a cumulative sum as a (small) GEMM:
+    seen = jnp.matmul(flags, upto, precision=_HIGHEST)  # exact
+    before = seen[:, None, :] <= jnp.arange(m, dtype=flags.dtype)[:, None]  # (n, m, D)
     idx = jnp.minimum(jnp.sum(before, axis=-1, dtype=jnp.int32), d - 1)
-    return idx, (jnp.arange(m) < seen[:, -1:]).astype(x.dtype)
+    return idx, (jnp.arange(m) < seen[:, -1:]).astype(flags.dtype)
 
 
 def _blocked(family, params, x, fn):
     """``fn(*_conditional(...))``, full and tied in chunks' buckets of missing entries."""
     if family.covariance_type in ("diag", "spherical"):
         return fn(*_conditional(family, params, x))
-    return _by_bucket(lambda m, x: fn(*_conditional(family, params, x, m)), x)
+    return _by_bucket(lambda m, mixed, x: fn(*_conditional(family, params, x, m, mixed)), x)
 
 
 def _log_joint(params, x, maha, log_det):
-    """``log p(x_o, z = k)`` from the observed Mahalanobis distances and log-dets."""
+    """``log p(x_o, z = k)`` ``(K, n)`` from the observed Mahalanobis distances and
+    log-dets."""
     n_obs = jnp.sum(~jnp.isnan(x), axis=1).astype(x.dtype)
-    log_gauss = -0.5 * (n_obs[:, None] * math.log(2 * math.pi) + maha + log_det)
-    return jnp.log(params.weights) + log_gauss
+    log_gauss = -0.5 * (n_obs * math.log(2 * math.pi) + maha + log_det)
+    return jnp.log(params.weights)[:, None] + log_gauss
 
 
 def _sums(resp, delta, cond_cov):
     """``(sum_n r delta, sum_n r (delta delta^T + conditional covariance))`` per
-    component, the second moment in its covariance type's per-component shape."""
-    sum_delta = jnp.einsum("nk,nkd->kd", resp, delta, precision=_HIGHEST)
+    component from ``resp (K, n)`` and :func:`_conditional`'s, the second moment in its
+    covariance type's per-component shape."""
+    sum_delta = jnp.einsum("kn,kdn->kd", resp, delta, precision=_HIGHEST)
     if not isinstance(cond_cov, tuple):  # diag, spherical: conditional variances
-        return sum_delta, jnp.einsum("nk,nkd->kd", resp, delta * delta + cond_cov,
+        return sum_delta, jnp.einsum("kn,kdn->kd", resp, delta * delta + cond_cov,
                                      precision=_HIGHEST)
-    # full, tied: each row's m x m block added where its missing features pair up: a
+    # full, tied: each row's block inverse added where its slots' features pair up: a
     # scatter of m (m + 1) / 2 numbers per row and component (the upper triangle; the
     # slots are in feature order, so it lands in the upper triangle of (D, D)), not an
-    # (m, D, D) contraction
-    cov, flat = cond_cov
-    k, d = delta.shape[1:]
-    upper = jax.ops.segment_sum((resp * cov).reshape(-1, k), flat.reshape(-1),
-                                num_segments=d * d).T.reshape(k, d, d)
-    block = upper + jnp.swapaxes(jnp.triu(upper, 1), 1, 2)
-    return sum_delta, (jnp.einsum("nk,nkd,nke->kde", resp, delta, delta, precision=_HIGHEST)
-                       + block)
+    # (m, D, D) contraction; the covariance form's rows into a second (D, D)
+    inv, flat, cov_rows, s = cond_cov
+    k, d = delta.shape[:2]
+    if cov_rows is not None:
+        flat = flat + d * d * cov_rows.astype(flat.dtype)
+    parts = 1 if cov_rows is None else 2
+    upper = jax.ops.segment_sum(jnp.swapaxes(resp * inv, 1, 2).reshape(-1, k),
+                                flat.reshape(-1), num_segments=parts * d * d)
+    upper = upper.T.reshape(k, parts, d, d)
+    blocks = upper + jnp.swapaxes(jnp.triu(upper, 1), -1, -2)
+    second = jnp.matmul(delta * resp[:, None], jnp.swapaxes(delta, 1, 2), precision=_HIGHEST)
+    second = second + blocks[:, 0]
+    if cov_rows is not None:  # sum_n r (S - S E_o S_oo^-1 E_o^T S)
+        weight = jnp.matmul(resp, cov_rows, precision=_HIGHEST)
+        second = second + weight[:, None, None] * s - jnp.matmul(
+            jnp.matmul(s, blocks[:, 1], precision=_HIGHEST), s, precision=_HIGHEST)
+    return sum_delta, second
 
 
 def _scattered(cond_cov, d):
     """Each row's conditional covariance ``(n, K, D, D)`` (0 where a feature is observed)
-    from a full/tied ``(cov, flat)`` (see :func:`_conditional`)."""
-    cov, flat = cond_cov
-    upper = jax.nn.one_hot(flat, d * d, dtype=cov.dtype)  # (P, n, D * D)
-    upper = jnp.einsum("pnk,pne->nke", cov, upper, precision=_HIGHEST).reshape(
-        cov.shape[1:] + (d, d))
-    return upper + jnp.swapaxes(jnp.triu(upper, 1), -1, -2)
+    from a full/tied ``(inv, flat, cov_rows, S)`` (see :func:`_conditional`)."""
+    inv, flat, cov_rows, s = cond_cov
+    upper = jax.nn.one_hot(flat, d * d, dtype=inv.dtype)  # (P, n, D * D)
+    upper = jnp.einsum("pkn,pne->nke", inv, upper, precision=_HIGHEST).reshape(
+        (inv.shape[2], inv.shape[1], d, d))
+    blocks = upper + jnp.swapaxes(jnp.triu(upper, 1), -1, -2)
+    if cov_rows is None:
+        return blocks
+    schur = s - jnp.matmul(jnp.matmul(s, blocks, precision=_HIGHEST), s, precision=_HIGHEST)
+    return jnp.where(cov_rows[:, None, None, None] > 0, schur, blocks)
 
 
 def _stats_from(family, params, resp, sums):
     """``GaussianStats`` (second moments about the current means, as
-    :meth:`Gaussian.stats` takes them) from :func:`_sums`."""
+    :meth:`Gaussian.stats` takes them) from :func:`_sums` and ``resp (K, n)``."""
     from jaxem.families.gaussian import GaussianStats
 
     sum_delta, sum_xx = sums
-    counts = jnp.sum(resp, axis=0)
+    counts = jnp.sum(resp, axis=1)
     sum_x = sum_delta + counts[:, None] * params.means
     if family.covariance_type == "spherical":
         sum_xx = jnp.sum(sum_xx, axis=1)
@@ -335,22 +379,23 @@ def _stats_from(family, params, resp, sums):
 def log_joint(family, params, x):
     """``log p(x_o, z = k)`` over each row's observed features: ``(n, K)``."""
     maha, log_det = _blocked(family, params, x, lambda d, c, maha, log_det: (maha, log_det))
-    return _log_joint(params, x, maha, log_det)
+    return _log_joint(params, x, maha, log_det).T
 
 
 def stats(family, x, resp, params):
     """Expected complete-data statistics (``GaussianStats``, second moments about the
     current means as :meth:`Gaussian.stats` takes them)."""
+    resp = resp.T
     sums = _blocked(family, params, x, lambda delta, cond_cov, *_: _sums(resp, delta, cond_cov))
     return _stats_from(family, params, resp, sums)
 
 
 def log_joint_and_stats(family, params, x, weigh):
     """The E-step over a block of rows with each row's conditionals computed once:
-    ``weigh(log_joint (n, K)) -> (weighted resp (n, K), aux)``; returns
+    ``weigh(log_joint (K, n), axis=0) -> (weighted resp (K, n), aux)``; returns
     ``(GaussianStats, aux)`` (see :class:`jaxem.families.base.Family`'s ``fused_rows``)."""
     def both(delta, cond_cov, maha, log_det):
-        resp, aux = weigh(_log_joint(params, x, maha, log_det))
+        resp, aux = weigh(_log_joint(params, x, maha, log_det), axis=0)
         return resp, aux, _sums(resp, delta, cond_cov)
 
     resp, aux, sums = _blocked(family, params, x, both)
@@ -365,7 +410,7 @@ def impute(family, params, x, resp, chunk_size: int | None = None):
     def fill(chunk):
         xc, rc = chunk
         delta = _blocked(family, params, xc, lambda delta, *_: delta)
-        expected = jnp.einsum("nk,nkd->nd", rc, delta + params.means[None],
+        expected = jnp.einsum("nk,kdn->nd", rc, delta + params.means[:, :, None],
                               precision=_HIGHEST)
         return jnp.where(jnp.isnan(xc), expected, xc)
 
@@ -383,9 +428,10 @@ def impute_draws(family, params, x, resp, key, n_imputations: int,
     which never fails where a Cholesky factor of a nearly singular one would. Rows go
     in chunks of ``chunk_size``, so the ``(chunk, K, D, D)`` covariances stay bounded;
     each row's draws are keyed on ``key`` and the row's index, whatever the chunks."""
-    def covariance(delta, cond_cov, *_):
-        return delta, (_scattered(cond_cov, delta.shape[-1]) if isinstance(cond_cov, tuple)
-                       else cond_cov)
+    def covariance(delta, cond_cov, *_):  # rows first: (n, K, D), (n, K, D[, D])
+        return jnp.transpose(delta, (2, 0, 1)), (
+            _scattered(cond_cov, delta.shape[1]) if isinstance(cond_cov, tuple)
+            else jnp.transpose(cond_cov, (2, 0, 1)))
 
     def draw(chunk):
         xc, rc, index = chunk
