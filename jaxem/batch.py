@@ -455,8 +455,8 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
     """
     n_batch, n, d = shape
     # Missing-value Gaussians work on up to (rows, K, D, D) blocks: size chunks by those
-    # (N=5*10**4, D=16, K=8 full, 20% missing, rows sorted by gaps: 512 to 4096 rows per
-    # chunk within 12% of each other).
+    # (N=10**5, D=16, K=8 full, 20% missing, rows sorted by gaps: 0.047 s per iteration
+    # at 2048 rows, 0.053 s at 1024, 0.044-0.051 s at 512 to 4096).
     per_k = d * d if getattr(family, "missing", False) else d
     if jax.default_backend() != "cpu":
         # An accelerator runs each chunk as its own kernels, so many small chunks cost
@@ -468,7 +468,7 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
         cols = n_batch * n_init * n_components
         rows = min(16384, max(2**17 // cols, min(4096, 2**20 // cols), 256))
     else:
-        budget = 2**20 if per_k == d else 2**21  # numbers of E-step intermediates
+        budget = 2**20 if per_k == d else 2**22  # numbers of E-step intermediates
         rows = max(256, budget // (n_batch * n_init * n_components * per_k))
     return None if 2 * rows > n else int(rows)
 

@@ -229,10 +229,10 @@ def _conditional(family, params, x, m=None, mixed=False):
     and the gathers by index run along a major axis (one-hot contractions, and slices
     of a minor ``m`` axis, ran several times slower on XLA's CPU backend than all the
     rest)."""
-    o, x0 = _mask(x)
-    ot = o.T  # (D, n)
+    ot, x0 = _mask(x.T)  # (D, n): the masks and slots too are rows last, not transposed
+    # inside the (K, D, n) fusions (where their strided reads took as long as a GEMM)
     mu = params.means
-    diff = ot * (x0.T - mu[:, :, None])  # (K, D, n)
+    diff = ot * (x0 - mu[:, :, None])  # (K, D, n)
     ct = family.covariance_type
     if ct in ("diag", "spherical"):
         p = params.precisions_cholesky
@@ -251,15 +251,14 @@ def _conditional(family, params, x, m=None, mixed=False):
             jnp.sum(y * y, axis=1), jnp.broadcast_to(log_det[:, None], (k, n))
     lam = jnp.matmul(p, pt, precision=_HIGHEST)
     lam_d = jnp.matmul(lam, diff, precision=_HIGHEST)  # Lam d_o (K, D, n)
-    table, source, in_slots, cov_rows, s = lam.reshape(k, d * d), lam_d, 1.0 - o, None, None
+    table, source, in_slots, cov_rows, s = lam.reshape(k, d * d), lam_d, 1.0 - ot, None, None
     if mixed:  # the covariance form's rows gather from S and d_o, at offsets d * d and d
         cov_rows = (jnp.sum(ot, axis=0) < d - d // 2).astype(x.dtype)
         s = jnp.broadcast_to(family.covariances(params), (k, d, d))
         table = jnp.concatenate([table, s.reshape(k, d * d)], axis=1)
         source = jnp.concatenate([lam_d, diff], axis=1)
-        in_slots = jnp.where(cov_rows[:, None] > 0, o, in_slots)
-    idx, valid = _slots(in_slots, m)  # the features in the row's slots, in order, (n, m)
-    it, vt = idx.T, valid.T
+        in_slots = jnp.where(cov_rows > 0, ot, in_slots)
+    it, vt = _slots(in_slots, m)  # the features in the row's slots, in order, (m, n)
     shift = 0 if cov_rows is None else cov_rows.astype(jnp.int32)
     b = [vt[j] * jnp.take_along_axis(source, (it[j] + d * shift)[None, None], axis=1)[:, 0]
          for j in range(m)]  # Lam_mo d_o, or d_o
@@ -273,7 +272,7 @@ def _conditional(family, params, x, m=None, mixed=False):
         return used * block[:, pair[j, i]] + (1.0 - used if i == j else 0.0)
 
     log_det_mm, z, inv = _spd(entry, b)  # z = Lam_mm^-1 Lam_mo d_o, or S_oo^-1 d_o
-    e = vt[:, None] * jax.nn.one_hot(idx, d, dtype=x.dtype).transpose(1, 2, 0)  # (m, D, n)
+    e = vt[:, None] * jax.nn.one_hot(it, d, dtype=x.dtype, axis=1)  # (m, D, n)
     z = sum(z[j][:, None] * e[j] for j in range(m))  # in the slots' features (K, D, n)
     if cov_rows is None:
         delta, log_det = diff - z, log_det[:, None] + log_det_mm
@@ -288,18 +287,18 @@ def _conditional(family, params, x, m=None, mixed=False):
 
 
 def _slots(flags, m):
-    """``(idx (n, m) int32, valid (n, m) 0/1)``: the indices of the first ``m`` features
-    flagged 1 in each row of ``flags (n, D)`` 0/1, in order, and which slots hold one.
+    """``(idx (m, n) int32, valid (m, n) 0/1)``: the indices of the first ``m`` features
+    flagged 1 in each column of ``flags (D, n)`` 0/1, in order, and which slots hold one.
     The ``j``-th flagged feature is preceded by ``j`` of them: its index counts the
     features with at most ``j`` flagged up to and including them (a compare and a sum;
     XLA's CPU backend runs ``argsort`` and ``top_k`` inside a larger program as a full
     sort, ~10x slower, and ``cumsum`` as a reduce-window, ~5x slower than this matmul)."""
-    d = flags.shape[-1]
-    upto = jnp.triu(jnp.ones((d, d), flags.dtype))  # a cumulative sum as a (small) GEMM:
-    seen = jnp.matmul(flags, upto, precision=_HIGHEST)  # exact
-    before = seen[:, None, :] <= jnp.arange(m, dtype=flags.dtype)[:, None]  # (n, m, D)
-    idx = jnp.minimum(jnp.sum(before, axis=-1, dtype=jnp.int32), d - 1)
-    return idx, (jnp.arange(m) < seen[:, -1:]).astype(flags.dtype)
+    d = flags.shape[0]
+    upto = jnp.tril(jnp.ones((d, d), flags.dtype))  # a cumulative sum as a (small) GEMM:
+    seen = jnp.matmul(upto, flags, precision=_HIGHEST)  # exact
+    before = seen <= jnp.arange(m, dtype=flags.dtype)[:, None, None]  # (m, D, n)
+    idx = jnp.minimum(jnp.sum(before, axis=1, dtype=jnp.int32), d - 1)
+    return idx, (jnp.arange(m)[:, None] < seen[-1:]).astype(flags.dtype)
 
 
 def _blocked(family, params, x, fn):
