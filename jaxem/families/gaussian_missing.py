@@ -33,8 +33,8 @@ from jaxem import rows
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-# Each row's missing block is factorised by Cholesky written with jnp, unrolled over
-# its (static, small) size or in loops (:data:`_UNROLL`): XLA's CPU LAPACK kernels for a batch of (n, K) matrices
+# Each row's block is factorised by Cholesky written with jnp, unrolled over its
+# (static, small) size or in loops (:data:`_UNROLL`): XLA's CPU LAPACK kernels for a batch of (n, K) matrices
 # deadlocked inside EM's while_loop on a 2-thread pool (jaxlib 0.10.2), and batched tiny
 # matmuls run far below elementwise speed there. The block is gathered to ``m`` slots,
 # the chunk's most gaps (at most D // 2) rounded up to a bucket (:func:`_buckets`), so
