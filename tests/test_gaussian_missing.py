@@ -15,48 +15,48 @@ CTS = ["full", "tied", "diag", "spherical"]
 K, D = 3, 4
 
 
-def _problem(ct, seed=0, n=60, frac=0.3, most=None):
+def _problem(ct, seed=0, n=60, frac=0.3, most=None, d=D):
     """Data with NaN (every row keeps one observed entry; ``most``: at most that many
     missing) and valid parameters."""
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, D)) * 2 + rng.integers(0, 3, n)[:, None] * 3.0
-    miss = rng.random((n, D)) < frac
-    miss[np.arange(n), rng.integers(0, D, n)] = False
+    x = rng.normal(size=(n, d)) * 2 + rng.integers(0, 3, n)[:, None] * 3.0
+    miss = rng.random((n, d)) < frac
+    miss[np.arange(n), rng.integers(0, d, n)] = False
     if most is not None:
         miss &= np.cumsum(miss, axis=1) <= most
     x[miss] = np.nan
-    means = rng.normal(size=(K, D)) * 3
-    a = rng.normal(size=(K, D, D)) * 0.4 + np.eye(D)
-    cov = a @ np.swapaxes(a, 1, 2) + 0.2 * np.eye(D)
+    means = rng.normal(size=(K, d)) * 3
+    a = rng.normal(size=(K, d, d)) * 0.4 + np.eye(d)
+    cov = a @ np.swapaxes(a, 1, 2) + 0.2 * np.eye(d)
     if ct == "tied":
         cov = cov[0]
     elif ct == "diag":
         cov = np.einsum("kdd->kd", cov)
     elif ct == "spherical":
-        cov = np.einsum("kdd->k", cov) / D
+        cov = np.einsum("kdd->k", cov) / d
     fam = jaxem.gaussian(ct, missing=True)
     prec = fam.precisions_cholesky_from(covariances=jnp.asarray(cov))
     weights = rng.dirichlet(np.ones(K))
     return fam, x, GaussianParams(jnp.asarray(weights), jnp.asarray(means), prec), cov
 
 
-def _full_cov(ct, cov):
+def _full_cov(ct, cov, d):
     if ct == "full":
         return cov
     if ct == "tied":
-        return np.broadcast_to(cov, (K, D, D))
+        return np.broadcast_to(cov, (K, d, d))
     if ct == "diag":
         return np.stack([np.diag(c) for c in cov])
-    return np.stack([np.eye(D) * c for c in cov])
+    return np.stack([np.eye(d) * c for c in cov])
 
 
 def _reference(ct, x, weights, means, cov):
     """Per-row float64 log p(x_o, k), expected x and expected (x - mu_k)(x - mu_k)^T."""
-    covs = _full_cov(ct, cov)
-    n = x.shape[0]
+    n, d = x.shape
+    covs = _full_cov(ct, cov, d)
     lj = np.empty((n, K))
-    ex = np.empty((n, K, D))
-    exx = np.empty((n, K, D, D))
+    ex = np.empty((n, K, d))
+    exx = np.empty((n, K, d, d))
     for i in range(n):
         o = ~np.isnan(x[i])
         m = ~o
@@ -67,7 +67,7 @@ def _reference(ct, x, weights, means, cov):
             gain = s[np.ix_(m, o)] @ np.linalg.inv(s[np.ix_(o, o)])
             xi = x[i].copy()
             xi[m] = means[k][m] + gain @ (x[i][o] - means[k][o])
-            c = np.zeros((D, D))
+            c = np.zeros((d, d))
             c[np.ix_(m, m)] = s[np.ix_(m, m)] - gain @ s[np.ix_(o, m)]
             ex[i, k] = xi
             dlt = xi - means[k]
@@ -76,10 +76,13 @@ def _reference(ct, x, weights, means, cov):
 
 
 # Rows with at most D // 2 gaps factorise the precision of their missing features, rows
-# with more the covariance of their observed ones: chunks with only the first kind
-# ("few"), mostly the first ("some") and mostly the second ("many").
-GAPS = pytest.mark.parametrize("gaps", [dict(most=D // 2), dict(), dict(frac=0.7)],
-                               ids=["few", "some", "many"])
+# with more the covariance of their observed ones: chunks whose blocks reach D // 2 take
+# both forms, with only the first kind of row ("few"), mostly the first ("some") and
+# mostly the second ("many"); with fewer gaps, the precision form alone ("wide": 8
+# features, blocks of 3 slots).
+GAPS = pytest.mark.parametrize(
+    "gaps", [dict(most=D // 2), dict(), dict(frac=0.7), dict(d=8, most=3)],
+    ids=["few", "some", "many", "wide"])
 
 
 @GAPS
@@ -124,15 +127,15 @@ def _check_em_step(ct, gaps):
     np.testing.assert_allclose(ll, np.logaddexp.reduce(lj, axis=1).mean(), rtol=1e-10)
     np.testing.assert_allclose(new.weights, nk / nk.sum(), rtol=1e-9)
     np.testing.assert_allclose(new.means, means, rtol=1e-8, atol=1e-10)
-    reg = fam.reg_covar
+    reg, d = fam.reg_covar, x.shape[1]
     if ct == "full":
-        expect = scatter / nk[:, None, None] + reg * np.eye(D)
+        expect = scatter / nk[:, None, None] + reg * np.eye(d)
     elif ct == "tied":
-        expect = scatter.sum(0) / nk.sum() + reg * np.eye(D)
+        expect = scatter.sum(0) / nk.sum() + reg * np.eye(d)
     elif ct == "diag":
         expect = np.einsum("kdd->kd", scatter) / nk[:, None] + reg
     else:
-        expect = np.einsum("kdd->k", scatter) / nk / D + reg
+        expect = np.einsum("kdd->k", scatter) / nk / d + reg
     np.testing.assert_allclose(fam.covariances(new), expect, rtol=1e-8)
 
 

@@ -50,16 +50,18 @@ def _buckets(d: int) -> tuple[int, ...]:
 
 
 def _by_bucket(fn, x):
-    """``fn(m, mixed, x)``: for a chunk ``x (n, D)`` whose rows miss at most ``D // 2``
-    entries, ``m`` is the smallest bucket that holds them all and ``mixed`` False; for
-    one with more, ``mixed`` is True and ``m`` holds ``D // 2`` (see :func:`_conditional`).
-    One compiled branch per bucket, chosen at run time (rows sorted by their number of
-    missing entries make most chunks small)."""
+    """``fn(m, mixed, x)`` for a chunk ``x (n, D)``: ``m`` is the smallest bucket that
+    holds every row's block (see :func:`_conditional`), ``mixed`` whether its rows may
+    take the covariance form. One compiled branch per bucket, chosen at run time (rows
+    sorted by their number of missing entries make most chunks small); the largest,
+    ``D // 2``, is always mixed: a chunk with more gaps needs it, and one with fewer
+    compiles no second branch of that size for it (the largest unrolled, ~2 s)."""
     half = x.shape[-1] // 2
     sizes = _buckets(half)
+    small = sizes[:-1] or sizes  # the precision form's; D = 1: the complete rows' 0
     most = _most_missing(x)
-    index = jnp.where(most > half, len(sizes), jnp.searchsorted(jnp.asarray(sizes), most))
-    return jax.lax.switch(index, [lambda x, m=m: fn(m, False, x) for m in sizes]
+    index = jnp.where(most > small[-1], len(small), jnp.searchsorted(jnp.asarray(small), most))
+    return jax.lax.switch(index, [lambda x, m=m: fn(m, False, x) for m in small]
                           + [lambda x: fn(max(half, 1), True, x)], x)
 
 
