@@ -455,8 +455,9 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
     """
     n_batch, n, d = shape
     # Missing-value Gaussians work on up to (rows, K, D, D) blocks: size chunks by those
-    # (N=10**5, D=16, K=8 full, 20% missing, rows sorted by gaps: 0.047 s per iteration
-    # at 2048 rows, 0.053 s at 1024, 0.044-0.051 s at 512 to 4096).
+    # (N=10**5, D=16, K=8 full, 20% missing, rows sorted by gaps: 0.046 s per iteration
+    # at 2048 rows, 0.049 s at 1024, benchmarks/results/missing_cpu.md; 4096 within
+    # noise of 2048, 512 slower).
     per_k = d * d if getattr(family, "missing", False) else d
     if jax.default_backend() != "cpu":
         # An accelerator runs each chunk as its own kernels, so many small chunks cost
