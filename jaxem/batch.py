@@ -382,8 +382,8 @@ def finish(result, single, check, what, family=None, data=None):
     ``family`` and ``data`` (``(x (B, n, D), weights (B, n))``) make the message say
     what went wrong for that family and that input (see :func:`failure_advice`).
     """
-    failed = np.asarray(result.failed)  # (B,) on the host: no program compiled to reduce it
-    if check and failed.any():
+    # the (B,) flags reduced on the host: no program compiled for it
+    if check and (failed := np.asarray(result.failed)).any():
         bad = np.flatnonzero(failed).tolist()
         raise FitError(f"{what} failed on every restart of data set(s) {bad}: the "
                        f"parameters became non-finite. {failure_advice(family, data)}")

@@ -246,39 +246,34 @@ def select_n_components(family, x, *, k_max: int, key: jax.Array, k_min: int = 1
     starts = initial_params(family, x, n_components=k_max, key=key, n_init=n_init,
                             weights=weights, init=init)  # (..., n_init, ...)
     shape = np.shape(x)
-    single = len(shape) == 2  # one data set: given an axis of 1 here, dropped at the end
-    n_sets, n_samples, n_features = (1,) * single + shape
+    lead = len(shape) - 2  # 1 with a batch of data sets
     ks = np.arange(k_min, k_max + 1)
-    masked = _masked_starts(starts, k_min, k_max, int(not single))
-    if single:  # the data-set axis fit would add, added here on the host: nothing compiled
+    masked = _masked_starts(starts, k_min, k_max, lead)
+    if not lead:  # the data-set axis fit would add, added here on the host: nothing compiled
         masked = jax.tree.map(lambda a: a[None], masked)
     # rescore: the log-likelihood at the returned parameters, as scikit-learn's bic(X)
     # and aic(X) take it (the driver records the one before the last M-step).
     res = fit(Masked(family), x, n_components=k_max, key=key, n_init=len(ks) * n_init,
               weights=weights, max_iter=max_iter, tol=tol, init=masked,
               chunk_size=chunk_size, rescore=True)
-    r = jax.tree.map(lambda a: np.asarray(a)[None] if single else np.asarray(a), res.restarts)
-    ll = np.asarray(r.log_likelihood).reshape(-1, len(ks), n_init)  # (B, n_k, n_init)
+    r = res.restarts
+    ll = np.asarray(r.log_likelihood).reshape(r.log_likelihood.shape[:lead] + (len(ks), n_init))
     ok = np.isfinite(ll) & ~np.asarray(r.failed).reshape(ll.shape)
     ll = np.where(ok, ll, -np.inf)
-    best_restart = np.argmax(ll, axis=-1)  # (B, n_k)
-    n_rows = (np.full(n_sets, float(n_samples)) if weights is None  # per data set
-              else np.atleast_1d(np.sum(np.asarray(weights, np.float64), axis=-1)))[:, None]
+    best_restart = np.argmax(ll, axis=-1)  # (..., n_k)
+    n_rows = (np.full(shape[:lead], float(shape[-2])) if weights is None  # per data set
+              else np.sum(np.asarray(weights, np.float64), axis=-1))[..., None]
     total = np.take_along_axis(ll, best_restart[..., None], -1)[..., 0] * n_rows
-    n_params = np.array([family.n_free_parameters(int(k), n_features) for k in ks])
+    n_params = np.array([family.n_free_parameters(int(k), shape[-1]) for k in ks])
     bic = -2 * total + n_params * np.log(n_rows)
     aic = -2 * total + 2 * n_params
     crit = bic if criterion == "bic" else aic
     conv = np.asarray(r.converged).reshape(ll.shape).sum(-1)
 
-    def pick(a):  # (B, n_k * n_init, ...) -> best restart per K: (B, n_k, ...)
-        a = np.asarray(a).reshape((a.shape[0], len(ks), n_init) + a.shape[2:])
-        idx = best_restart.reshape(best_restart.shape + (1,) * (a.ndim - 2))
-        return np.take_along_axis(a, idx, axis=2).squeeze(2)
+    def pick(a):  # (..., n_k * n_init, ...) -> best restart per K: (..., n_k, ...)
+        a = np.asarray(a).reshape(a.shape[:lead] + (len(ks), n_init) + a.shape[lead + 1:])
+        idx = best_restart.reshape(best_restart.shape + (1,) * (a.ndim - lead - 1))
+        return np.take_along_axis(a, idx, axis=lead + 1).squeeze(lead + 1)
 
-    out = Selection(ks, total, bic, aic, conv, ks[np.argmin(crit, axis=-1)],
-                    jax.tree.map(pick, r.params.params))
-    if single:  # drop the data-set axis again
-        out = out._replace(**{f: jax.tree.map(lambda a: a[0], getattr(out, f))
-                              for f in out._fields[1:]})
-    return out
+    params = jax.tree.map(pick, r.params.params)
+    return Selection(ks, total, bic, aic, conv, ks[np.argmin(crit, axis=-1)], params)

@@ -332,13 +332,12 @@ def _sums(resp, delta, cond_cov):
     # (m, D, D) contraction; the covariance form's rows into a second (D, D)
     inv, flat, cov_rows, s = cond_cov
     k, d = delta.shape[:2]
+    parts = 1
     if cov_rows is not None:
-        flat = flat + d * d * cov_rows.astype(flat.dtype)
-    parts = 1 if cov_rows is None else 2
+        flat, parts = flat + d * d * cov_rows.astype(flat.dtype), 2
     upper = jax.ops.segment_sum(jnp.swapaxes(resp * inv, 1, 2).reshape(-1, k),
                                 flat.reshape(-1), num_segments=parts * d * d)
-    upper = upper.T.reshape(k, parts, d, d)
-    blocks = upper + jnp.swapaxes(jnp.triu(upper, 1), -1, -2)
+    blocks = _symmetric(upper.T.reshape(k, parts, d, d))
     second = jnp.matmul(delta * resp[:, None], jnp.swapaxes(delta, 1, 2), precision=_HIGHEST)
     second = second + blocks[:, 0]
     if cov_rows is not None:  # sum_n r (S - S E_o S_oo^-1 E_o^T S)
@@ -348,6 +347,11 @@ def _sums(resp, delta, cond_cov):
     return sum_delta, second
 
 
+def _symmetric(upper):
+    """The symmetric matrices ``(..., D, D)`` whose upper triangles ``upper`` holds."""
+    return upper + jnp.swapaxes(jnp.triu(upper, 1), -1, -2)
+
+
 def _scattered(cond_cov, d):
     """Each row's conditional covariance ``(n, K, D, D)`` (0 where a feature is observed)
     from a full/tied ``(inv, flat, cov_rows, S)`` (see :func:`_conditional`)."""
@@ -355,7 +359,7 @@ def _scattered(cond_cov, d):
     upper = jax.nn.one_hot(flat, d * d, dtype=inv.dtype)  # (P, n, D * D)
     upper = jnp.einsum("pkn,pne->nke", inv, upper, precision=_HIGHEST).reshape(
         (inv.shape[2], inv.shape[1], d, d))
-    blocks = upper + jnp.swapaxes(jnp.triu(upper, 1), -1, -2)
+    blocks = _symmetric(upper)
     if cov_rows is None:
         return blocks
     schur = s - jnp.matmul(jnp.matmul(s, blocks, precision=_HIGHEST), s, precision=_HIGHEST)
