@@ -11,9 +11,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import jaxem
+from jaxem.batch import auto_chunk_size
 from jaxem.init import INIT_METHODS
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 10**7), d=st.integers(1, 64), k=st.integers(1, 64),
+       n_init=st.integers(1, 16), family=st.sampled_from(
+           [None, jaxem.gaussian("full"), jaxem.gaussian("diag"),
+            jaxem.gaussian("full").with_missing(True)]))
+def test_auto_chunks_cover_the_rows_evenly_off_powers_of_two(n, d, k, n_init, family):
+    # Off multiples of 32 rows, so rows-last arrays' rows are not 4 KB apart; evened out
+    # over the chunks, so fewer than 32 rows per chunk are padding.
+    rows = auto_chunk_size((1, n, d), n_init, k, family)
+    if rows is None:
+        return
+    chunks = -(-n // rows)
+    assert chunks >= 2 and rows % 32 == 16
+    assert 0 <= chunks * rows - n < 32 * chunks
 
 
 @pytest.mark.parametrize("method", INIT_METHODS)
