@@ -451,7 +451,8 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
     at 2048, 1.19 s unchunked). On a 2-core EPYC, N=20000, D=8 diag, 50 iterations of
     128 instances x 16 components (2048 outputs per row): 6.6 s at 512 rows, 10.4 s at
     4096; N=2*10**5, 64 restarts x 8 components: 10 iterations 1.9-2.0 s at 1024 or
-    2048 rows, 3.0-3.4 s at 4096.
+    2048 rows, 3.0-3.4 s at 4096. On CPU the count is then evened out over the rows and
+    kept off multiples of 32 (:func:`_unaligned`).
     """
     n_batch, n, d = shape
     # Missing-value Gaussians work on up to (rows, K, D, D) blocks: size chunks by those
