@@ -456,8 +456,9 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
     """
     n_batch, n, d = shape
     # Missing-value Gaussians work on up to (rows, K, D, D) blocks: size chunks by those
-    # (N=10**5, D=16, K=8 full, 20% missing, rows sorted by gaps: about the same time per
-    # iteration from 1520 to 4080 rows, benchmarks/results/missing_cpu.md).
+    # (N=10**5, D=16, K=8 full, 20% missing, rows sorted by gaps, one process each:
+    # 0.037-0.041 s per iteration from 1520 to 4080 rows off powers of two, 0.039-0.048 s
+    # at 6128 and 8176; benchmarks/results/missing_cpu.md: 0.042 s at 2064).
     per_k = d * d if getattr(family, "missing", False) else d
     if jax.default_backend() != "cpu":
         # An accelerator runs each chunk as its own kernels, so many small chunks cost
