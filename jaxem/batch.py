@@ -460,7 +460,8 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
     # 0.037-0.041 s per iteration from 1520 to 4080 rows off powers of two, 0.039-0.048 s
     # at 6128 and 8176; benchmarks/results/missing_cpu.md: 0.042 s at 2064).
     per_k = d * d if getattr(family, "missing", False) else d
-    if jax.default_backend() != "cpu":
+    cpu = jax.default_backend() == "cpu"
+    if not cpu:
         # An accelerator runs each chunk as its own kernels, so many small chunks cost
         # launches, not cache misses: chunk only to bound memory, at about 2**26 numbers
         # (256 MB float32) of E-step intermediates per chunk.
@@ -474,7 +475,7 @@ def auto_chunk_size(shape, n_init: int, n_components: int, family=None) -> int |
         rows = max(256, budget // (n_batch * n_init * n_components * per_k))
     if 2 * rows > n:
         return None
-    return _unaligned(rows, n) if jax.default_backend() == "cpu" else int(rows)
+    return _unaligned(rows, n) if cpu else int(rows)
 
 
 def _unaligned(rows: int, n: int) -> int:
