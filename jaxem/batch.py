@@ -484,11 +484,12 @@ def _unaligned(rows: int, n: int) -> int:
 
     A row count that is a multiple of a large power of two puts the rows of the E-step's
     rows-last arrays (``(K, D, rows)``) a multiple of 4 KB apart, in the same CPU cache
-    sets. On a 2-core EPYC, N=10**5, D=16, K=8 full with 20% missing, five processes
-    each: 0.0386-0.0695 s per iteration at 2048 rows (median 0.0424), 0.0366-0.0397 s at
-    2064 (median 0.0387); with nothing missing, medians 0.0099 s at 8192 rows and
-    0.0095 s at 7696 (both 0.0085-0.013 s); diag (GEMMs over rows-first arrays): no
-    difference."""
+    sets, more or less badly from one process to the next. On a 2-core EPYC, N=10**5,
+    D=16, K=8 full, five fresh processes each (benchmarks/results/chunk_alignment_cpu.md):
+    with 20% missing, 0.0410-0.0447 s per iteration at 2048 rows (median 0.0423) and
+    0.0387-0.0414 s at 2064 (median 0.0395); with nothing missing, 0.0091-0.0103 s at
+    8192 rows (median 0.0100) and 0.0088-0.0096 s at 7696 (median 0.0094). Diag (GEMMs
+    over rows-first arrays): no difference (ad hoc, 8192 against 8176 rows)."""
     chunks = -(-n // rows)
     sixteens = -(-n // (16 * chunks))
     return 16 * (sixteens + 1 - sixteens % 2)
