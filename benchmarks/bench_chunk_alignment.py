@@ -26,14 +26,15 @@ import subprocess
 import sys
 
 import _env
+import bench_missing as bm
+import jaxem
+import jaxem.batch
 
 PACKAGES = ("jax", "jaxlib", "numpy", "jaxem")
 
 
 def child(which: str, chunk: int | None, quick: bool, repeats: int) -> None:
     """One process: print ``{"s_per_iteration": best call / iterations}`` as JSON."""
-    import bench_missing as bm
-
     w = bm.workload(quick)
     x, x_gaps, start = bm.make_data(w)
     runner = bm.JaxemRunner(w, x_gaps if which == "missing" else x, start, chunk)
@@ -45,11 +46,6 @@ def child(which: str, chunk: int | None, quick: bool, repeats: int) -> None:
 def settings(quick: bool) -> list[tuple[str, int, str]]:
     """``(data, chunk rows, how it was chosen)``: the power of two and the automatic size
     (``auto_chunk_size`` on this workload's shape)."""
-    import bench_missing as bm
-
-    import jaxem
-    import jaxem.batch
-
     w = bm.workload(quick)
     out = []
     for which, pow2 in (("missing", 256 if quick else 2048), ("complete", 512 if quick else 8192)):
@@ -72,7 +68,7 @@ def run(args) -> dict:
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             times[i].append(json.loads(done.stdout.strip().splitlines()[-1])["s_per_iteration"])
     return {"machine": _env.machine(), "versions": _env.versions(PACKAGES),
-            "workload": __import__("bench_missing").workload(args.quick)["name"],
+            "workload": bm.workload(args.quick)["name"],
             "processes": args.processes, "repeats": args.repeats,
             "rows": [dict(data=w, chunk=c, chosen=how, s_per_iteration=times[i])
                      for i, (w, c, how) in enumerate(rows)]}
