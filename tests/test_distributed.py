@@ -115,10 +115,14 @@ def _pick(a, best):
     return np.stack([a[i, int(b)] for i, b in enumerate(best)])
 
 
-def _data(seed: int, n: int, d: int = 3, k: int = 3):
+def _data(seed: int, n: int, d: int = 3, k: int = 3, gaps: float = 0.0):
     from conftest import blobs
 
     x, _ = blobs(seed, n, d, k)
+    if gaps:  # missing completely at random, every row keeping its first value
+        gone = np.random.default_rng(seed + 200).random(x.shape) < gaps
+        gone[:, 0] = False
+        x = np.where(gone, np.nan, x)
     w = np.random.default_rng(seed + 100).uniform(0.5, 2.0, n)
     return x, w
 
@@ -265,6 +269,10 @@ CASES_4 = {
     "tied-random_from_data": (jaxem.gaussian("tied"),
                               dict(n=501, n_components=3, n_init=2, init="random_from_data",
                                    batch=2, weighted=True)),
+    # 20% missing: the rows sorted by their gaps, then split over the devices.
+    "full-missing-kmeans-chunked": (jaxem.gaussian("full"),
+                                    dict(n=1001, n_components=3, n_init=2, init="kmeans",
+                                         chunk_size=64, weighted=True, gaps=0.2)),
     "kmeans-k-means++-chunked": (jaxem.kmeans(),
                                  dict(n=1003, n_components=3, n_init=2, init="k-means++",
                                       chunk_size=64, weighted=True)),
@@ -283,7 +291,7 @@ def _case(name):
     family, kw = CASES_4[name]
     kw = dict(kw)
     n, batch, weighted = kw.pop("n"), kw.pop("batch", 1), kw.pop("weighted", False)
-    data = [_data(seed, n) for seed in range(batch)]
+    data = [_data(seed, n, gaps=kw.pop("gaps", 0.0)) for seed in range(batch)]
     x = np.stack([d[0] for d in data]) if batch > 1 else data[0][0]
     w = (np.stack([d[1] for d in data]) if batch > 1 else data[0][1]) if weighted else None
     if kw.get("init") == "explicit":  # one start per restart, the same for every data set
