@@ -11,6 +11,13 @@ starting parameters (weights, means, precisions), a fixed number of EM iteration
   chunk size and with ``chunk_size=2048``, the power of two nearest the automatic one
   (whose rows-last arrays' rows then share CPU cache sets: see
   ``jaxem.batch._unaligned``);
+* **jaxem on one CPU device per core** (on a machine with several cores), complete and
+  with the gaps: ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` and
+  ``devices=jax.devices()``, the rows (sorted by their gaps) split over the devices. The
+  complete fit's GEMMs already use every core on one device; the missing-value fit's
+  many small kernels do not (``bench_missing_cores.py``), and each device runs its share
+  on its own thread. The headline gives the ratio on one device and the ratio of each
+  fit at its fastest setting;
 * **peers**: scikit-learn's ``GaussianMixture`` rejects NaN, so it runs after an imputer,
   ``SimpleImputer(strategy="mean")`` and ``IterativeImputer`` (its default BayesianRidge,
   ``max_iter=10``), from the same starting parameters, ``tol=0``. These are **different
@@ -143,8 +150,9 @@ def cpu_ticks(pid: int) -> int | None:
 
 # -- the implementations --------------------------------------------------------------------
 class JaxemRunner:
-    def __init__(self, w, x, start, chunk_size=None):
+    def __init__(self, w, x, start, chunk_size=None, devices=None):
         self.w, self.chunk_size = w, chunk_size
+        self.devices = devices
         # The missing-value family is named here, decided on the host: jaxem.fit's own
         # NaN test (jaxem.batch.has_nan, a jitted min) misses NaN in arrays of >= 4096
         # entries on XLA's CPU backend at jaxem 2444509, and then refuses the data.
@@ -159,7 +167,7 @@ class JaxemRunner:
     def __call__(self):
         out = jaxem.fit(self.fam, self.x, n_components=self.w["k"], key=jax.random.key(0),
                         init=self.init, tol=-1.0, max_iter=self.w["iters"],
-                        chunk_size=self.chunk_size)
+                        chunk_size=self.chunk_size, devices=self.devices)
         return jax.block_until_ready(out)
 
     def chunk(self) -> int | None:
@@ -170,7 +178,8 @@ class JaxemRunner:
         if auto is None:
             return None
         with contextlib.suppress(TypeError):
-            return auto((1,) + self.x.shape, 1, self.w["k"], self.fam)
+            n, d = self.x.shape
+            return auto((1, -(-n // len(self.devices or [0])), d), 1, self.w["k"], self.fam)
         return None
 
     def result(self, out):
@@ -250,26 +259,39 @@ def time_calls(fn, repeats: int, warm: bool):
     return first, times, cpu, out, extras
 
 
-def plan_rows(quick: bool) -> list[tuple[str, str, str, int | None]]:
-    """``(row name, kind, data, chunk_size)`` in the order they run."""
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def plan_rows(quick: bool) -> list[tuple[str, str, str, int | None, int | None]]:
+    """``(row name, kind, data, chunk_size, CPU devices)`` in the order they run. With
+    several cores, jaxem runs again on one CPU device per core
+    (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``devices=jax.devices()``:
+    the rows split over them)."""
     small = 256 if quick else 2048  # quick: a small chunk still exercises the chunked scan
-    return [("jaxem, nothing missing", "jaxem", "complete", None),
-            ("jaxem, 20% missing", "jaxem", "gaps", None),
-            (f"jaxem, 20% missing, chunk_size={small}", "jaxem", "gaps", small),
-            ("sklearn GaussianMixture after SimpleImputer(mean)", "mean", "gaps", None),
-            ("sklearn GaussianMixture after IterativeImputer", "iterative", "gaps", None),
-            ("pomegranate GeneralMixtureModel", "pomegranate", "gaps", None)]
+    per_core = [] if CORES < 2 else [
+        (f"jaxem, nothing missing, {CORES} CPU devices", "jaxem", "complete", None, CORES),
+        (f"jaxem, 20% missing, {CORES} CPU devices", "jaxem", "gaps", None, CORES)]
+    return [("jaxem, nothing missing", "jaxem", "complete", None, None),
+            ("jaxem, 20% missing", "jaxem", "gaps", None, None),
+            (f"jaxem, 20% missing, chunk_size={small}", "jaxem", "gaps", small, None),
+            *per_core,
+            ("sklearn GaussianMixture after SimpleImputer(mean)", "mean", "gaps", None, None),
+            ("sklearn GaussianMixture after IterativeImputer", "iterative", "gaps", None, None),
+            ("pomegranate GeneralMixtureModel", "pomegranate", "gaps", None, None)]
 
 
-def measure(w: dict, name: str, kind: str, which: str, chunk, repeats: int) -> dict:
+def measure(w: dict, name: str, kind: str, which: str, chunk, devices, repeats: int) -> dict:
     """One row, in its own process: time the calls, then evaluate the final parameters."""
     x, x_gaps, start = make_data(w)
     data_x = x if which == "complete" else x_gaps
-    row = dict(impl=name, n=w["n"], d=w["d"], k=w["k"], iters=w["iters"],
+    row = dict(impl=name, kind=kind, n=w["n"], d=w["d"], k=w["k"], iters=w["iters"],
                data="complete" if which == "complete" else f"{w['rate']:.0%} missing")
     if kind == "jaxem":
-        runner = JaxemRunner(w, data_x, start, chunk)
+        if devices:
+            assert len(jax.devices()) == devices, (jax.devices(), devices)
+        runner = JaxemRunner(w, data_x, start, chunk, jax.devices() if devices else None)
         row["chunk_size"], row["chunk_auto"] = runner.chunk(), chunk is None
+        row["devices"] = devices or 1
         warm = True
     else:
         runner, warm = SklearnImputedRunner(w, data_x, start, kind), False
@@ -305,7 +327,7 @@ def _child(conn, *args):
         conn.close()
 
 
-def run_row(args, w, name, kind, which, chunk) -> dict:
+def run_row(args, w, name, kind, which, chunk, devices) -> dict:
     """``measure`` in a fresh process (its own peak RSS, no compilation cache from other
     rows), stopped when its CPU time has not moved for ``--stall-s`` seconds or after
     ``--row-timeout-s``: a hung row is reported as such and the others still run."""
@@ -314,9 +336,19 @@ def run_row(args, w, name, kind, which, chunk) -> dict:
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
     repeats = args.repeats if kind == "jaxem" else args.peer_repeats
-    proc = ctx.Process(target=_child, args=(send, w, name, kind, which, chunk, repeats))
+    proc = ctx.Process(target=_child, args=(send, w, name, kind, which, chunk, devices,
+                                             repeats))
     t0 = time.perf_counter()
-    proc.start()
+    flags = os.environ.get("XLA_FLAGS")
+    if devices:  # read by the child's XLA when it starts
+        os.environ["XLA_FLAGS"] = " ".join(
+            [flags or "", f"--xla_force_host_platform_device_count={devices}"]).strip()
+    try:
+        proc.start()
+    finally:
+        os.environ.pop("XLA_FLAGS", None)
+        if flags is not None:
+            os.environ["XLA_FLAGS"] = flags
     send.close()
     last, still, poll = None, 0.0, 2.0
     status = payload = None
@@ -357,7 +389,7 @@ def run(args) -> dict:
                 incomplete_rows_fraction=float(np.isnan(x_gaps).any(axis=1).mean()))
     del x, x_gaps
     rows = []
-    for name, kind, which, chunk in plan_rows(args.quick):
+    for name, kind, which, chunk, devices in plan_rows(args.quick):
         if any(s in name for s in args.skip):
             continue
         print(f"{w['name']} | {name}", file=sys.stderr, flush=True)
@@ -375,7 +407,7 @@ def run(args) -> dict:
                                "something it offers either")
             rows.append(row)
             continue
-        rows.append(run_row(args, w, name, kind, which, chunk))
+        rows.append(run_row(args, w, name, kind, which, chunk, devices))
     base = next((r for r in rows if r["impl"] == "jaxem, nothing missing" and "best_s" in r),
                 None)
     for r in rows:
@@ -383,10 +415,18 @@ def run(args) -> dict:
             r["per_iter_over_complete"] = r["s_per_iter"] / base["s_per_iter"]
             r["total_over_complete"] = r["best_s"] / base["best_s"]
     gaps = next((r for r in rows if r["impl"] == "jaxem, 20% missing"), None)
-    target = dict(target=TARGET_RATIO, ratio=None, met=None)
+    target = dict(target=TARGET_RATIO, ratio=None, met=None, best_ratio=None)
     if gaps is not None and "per_iter_over_complete" in gaps:
         target.update(ratio=gaps["per_iter_over_complete"],
                       met=bool(gaps["per_iter_over_complete"] <= TARGET_RATIO))
+    # Each at its fastest setting (one device, or one CPU device per core): what a user
+    # who picks the faster setting for each gets.
+    fastest = {which: min((r["s_per_iter"] for r in rows if r.get("kind") == "jaxem"
+                           and r.get("data", "").endswith(which) and "s_per_iter" in r),
+                          default=None) for which in ("complete", "missing")}
+    if None not in fastest.values():
+        best = fastest["missing"] / fastest["complete"]
+        target.update(best_ratio=best, best_met=bool(best <= TARGET_RATIO))
     meta = dict(workload=w, data=data, machine=_env.machine(), versions=_env.versions(PACKAGES),
                 repeats=args.repeats, peer_repeats=args.peer_repeats, quick=args.quick,
                 stall_s=args.stall_s, row_timeout_s=args.row_timeout_s, target=target)
@@ -431,8 +471,13 @@ def markdown(res: dict) -> str:
     ]
     if t and t.get("ratio") is not None:
         lines += [f"**jaxem with 20% missing: {t['ratio']:.1f}× the time per EM iteration "
-                  f"of the complete fit** (issue target ≤ {t['target']:.0f}×: "
-                  f"{'met' if t['met'] else 'not met'}).", ""]
+                  f"of the complete fit** on one device (issue target ≤ {t['target']:.0f}×: "
+                  f"{'met' if t['met'] else 'not met'})."]
+        if t.get("best_ratio") is not None:
+            lines[-1] += (f" Each at its fastest setting (one device, or one CPU device per "
+                          f"core): **{t['best_ratio']:.1f}×** "
+                          f"({'met' if t['best_met'] else 'not met'}).")
+        lines.append("")
     elif t:
         lines += [f"**jaxem with 20% missing: not measured** (its row did not finish; issue "
                   f"target ≤ {t['target']:.0f}×).", ""]
