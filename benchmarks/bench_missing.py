@@ -151,8 +151,7 @@ def cpu_ticks(pid: int) -> int | None:
 # -- the implementations --------------------------------------------------------------------
 class JaxemRunner:
     def __init__(self, w, x, start, chunk_size=None, devices=None):
-        self.w, self.chunk_size = w, chunk_size
-        self.devices = devices
+        self.w, self.chunk_size, self.devices = w, chunk_size, devices
         # The missing-value family is named here, decided on the host: jaxem.fit's own
         # NaN test (jaxem.batch.has_nan, a jitted min) misses NaN in arrays of >= 4096
         # entries on XLA's CPU backend at jaxem 2444509, and then refuses the data.
@@ -178,8 +177,9 @@ class JaxemRunner:
         if auto is None:
             return None
         with contextlib.suppress(TypeError):
-            n, d = self.x.shape
-            return auto((1, -(-n // len(self.devices or [0])), d), 1, self.w["k"], self.fam)
+            n, d = self.x.shape  # each device's share of the rows
+            share = -(-n // len(self.devices)) if self.devices else n
+            return auto((1, share, d), 1, self.w["k"], self.fam)
         return None
 
     def result(self, out):
