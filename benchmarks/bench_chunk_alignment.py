@@ -43,6 +43,17 @@ def child(which: str, chunk: int | None, quick: bool, repeats: int) -> None:
     print(json.dumps({"s_per_iteration": min(times) / w["iters"]}))
 
 
+def fresh_process(which: str, chunk: int | None, quick: bool, repeats: int,
+                  cores=None) -> float:
+    """:func:`child` in a fresh process (pinned to the CPU set ``cores`` if given): its
+    best seconds per iteration."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", which, str(chunk),
+           "--repeats", str(repeats)] + ["--quick"] * quick
+    pin = None if cores is None else (lambda: os.sched_setaffinity(0, cores))
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, preexec_fn=pin)
+    return json.loads(done.stdout.strip().splitlines()[-1])["s_per_iteration"]
+
+
 def settings(quick: bool) -> list[tuple[str, int, str]]:
     """``(data, chunk rows, how it was chosen)``: the power of two and the automatic size
     (``auto_chunk_size`` on this workload's shape)."""
@@ -58,15 +69,11 @@ def settings(quick: bool) -> list[tuple[str, int, str]]:
 def run(args) -> dict:
     rows = settings(args.quick)
     times = {i: [] for i in range(len(rows))}
-    here = os.path.dirname(os.path.abspath(__file__))
     for p in range(args.processes):
         for i, (which, chunk, _) in enumerate(rows):
             print(f"process {p + 1}/{args.processes}: {which}, {chunk} rows", file=sys.stderr,
                   flush=True)
-            cmd = [sys.executable, os.path.join(here, "bench_chunk_alignment.py"), "--child",
-                   which, str(chunk), "--repeats", str(args.repeats)] + ["--quick"] * args.quick
-            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            times[i].append(json.loads(done.stdout.strip().splitlines()[-1])["s_per_iteration"])
+            times[i].append(fresh_process(which, chunk, args.quick, args.repeats))
     return {"machine": _env.machine(), "versions": _env.versions(PACKAGES),
             "workload": bm.workload(args.quick)["name"],
             "processes": args.processes, "repeats": args.repeats,

@@ -20,10 +20,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 
 import _env
@@ -42,18 +40,12 @@ def run(args) -> dict:
         chunk = jaxem.batch.auto_chunk_size((1, w["n"], w["d"]), 1, w["k"], fam)
         rows += [dict(data=which, chunk=chunk, cores=c, s_per_iteration=[])
                  for c in (cores[:1], cores)]
-    here = os.path.dirname(os.path.abspath(__file__))
     for p in range(args.processes):
         for r in rows:
             print(f"process {p + 1}/{args.processes}: {r['data']}, {len(r['cores'])} core(s)",
                   file=sys.stderr, flush=True)
-            cmd = [sys.executable, os.path.join(here, "bench_chunk_alignment.py"), "--child",
-                   r["data"], str(r["chunk"]), "--repeats", str(args.repeats)]
-            done = subprocess.run(cmd + ["--quick"] * args.quick, capture_output=True,
-                                  text=True, check=True,
-                                  preexec_fn=lambda c=r["cores"]: os.sched_setaffinity(0, c))
-            r["s_per_iteration"].append(
-                json.loads(done.stdout.strip().splitlines()[-1])["s_per_iteration"])
+            r["s_per_iteration"].append(bca.fresh_process(r["data"], r["chunk"], args.quick,
+                                                          args.repeats, r["cores"]))
     return {"machine": _env.machine(), "versions": _env.versions(bca.PACKAGES),
             "workload": w["name"], "processes": args.processes, "repeats": args.repeats,
             "rows": [dict(r, cores=len(r["cores"])) for r in rows]}
@@ -79,8 +71,8 @@ def markdown(res: dict) -> str:
     for r in res["rows"]:
         t = r["s_per_iteration"]
         ratio = median[r["data"], r["cores"]] / median["complete", r["cores"]]
-        L.append(f"| {r['data']} | {r['chunk'] or 'all'} | {r['cores']} | {statistics.median(t):.4f} | "
-                 f"{ratio:.1f} | {min(t):.4f} | {max(t):.4f} | "
+        L.append(f"| {r['data']} | {r['chunk'] or 'all'} | {r['cores']} | "
+                 f"{statistics.median(t):.4f} | {ratio:.1f} | {min(t):.4f} | {max(t):.4f} | "
                  f"{', '.join(f'{v:.4f}' for v in t)} |")
     return "\n".join(L) + "\n"
 
