@@ -386,6 +386,7 @@ def test_bad_input_raises_naming_it(kind, X, words):
     with pytest.raises(ValueError, match=words) as err:
         _estimator(kind, n_components=2).fit(np.array(X, float))
     assert "X" in str(err.value)
+    assert "np." not in str(err.value)  # the entry as a plain number, not np.float32(...)
 
 
 def test_bad_arguments_and_unfitted():

@@ -164,7 +164,7 @@ def _bad(X, mask, what: str, estimator: str) -> None:
         i, j = np.argwhere(mask)[0]
         negative = "Negative values in data: " if X[i, j] < 0 else ""
         raise ValueError(f"{negative}X must hold {what} for {estimator} (NaN marks a missing "
-                         f"entry); got X[{i}, {j}] = {X[i, j]!r}.")
+                         f"entry); got X[{i}, {j}] = {X[i, j].item()!r}.")
 
 
 def _check_non_negative_integers(X, what: str, estimator: str) -> None:
