@@ -85,6 +85,17 @@ def test_bad_parameters(kwargs, words):
         jaxem.MixtureClassifier(**kwargs).fit(X, y)
 
 
+def test_a_feature_missing_in_every_row_of_a_class_is_refused():
+    X, y = load_iris(return_X_y=True)
+    X = X.copy()
+    X[y == 2, 3] = np.nan  # class 2's mixture would have no data for feature 3
+    with pytest.raises(ValueError, match="feature 3 .* in class 2"):
+        jaxem.MixtureClassifier(n_components=1).fit(X, y)
+    X[np.flatnonzero(y == 2)[0], 3] = 1.8  # one observed value: fitted
+    clf = jaxem.MixtureClassifier(n_components=1).fit(X, y)
+    assert np.all(np.isfinite(clf.predict_proba(X)))
+
+
 def test_one_class_is_refused():
     with pytest.raises(ValueError, match="at least 2"):
         jaxem.MixtureClassifier().fit(np.ones((5, 2)) + np.arange(5)[:, None], np.zeros(5))

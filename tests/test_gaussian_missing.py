@@ -231,6 +231,32 @@ def test_fit_with_nan_from_its_own_initialisation_and_bad_rows():
         jaxem.fit(jaxem.kmeans(), x, n_components=K, key=jax.random.key(0))
 
 
+def test_a_feature_never_observed_is_refused_not_fitted_to_nan():
+    fam, x, _, _ = _problem("full", seed=7, n=40, frac=0.2)
+    x = x.astype(np.float32)
+    key = jax.random.key(0)
+    gone = x.copy()
+    gone[:, 2] = np.nan
+    gone[:, 0] = np.where(np.isnan(gone[:, 0]), 0.5, gone[:, 0])  # no row is emptied
+    with pytest.raises(ValueError, match="feature with every value missing.*feature 2"):
+        jaxem.fit(jaxem.gaussian("full"), gone, n_components=K, key=key)
+    with pytest.raises(ValueError, match="feature 2"):
+        jaxem.GaussianMixture(K).fit(gone)
+    # Observed only in rows of weight 0: nothing to fit it from either.
+    hidden = gone.copy()
+    hidden[0, 2] = 1.0
+    weights = np.ones(len(x), np.float32)
+    weights[0] = 0.0
+    with pytest.raises(ValueError, match="feature 2"):
+        jaxem.fit(jaxem.gaussian("diag"), hidden, n_components=K, key=key, weights=weights)
+    with pytest.raises(ValueError, match="in data set 1, e.g. feature 2"):
+        jaxem.fit(jaxem.gaussian("full"), np.stack([x, gone]), n_components=K, key=key)
+    # Observed in two rows: fitted, and finite.
+    hidden[1, 2] = -1.0
+    res = jaxem.fit(jaxem.gaussian("full"), hidden, n_components=2, key=key)
+    assert np.isfinite(float(res.log_likelihood)) and not bool(res.failed)
+
+
 def test_estimator_fits_scores_and_imputes_nan(x64):
     rng = np.random.default_rng(8)
     cov = np.array([[1.0, 0.9], [0.9, 1.0]])

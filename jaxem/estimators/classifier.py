@@ -35,7 +35,8 @@ class MixtureClassifier(persist.Saveable, ClassifierMixin, BaseEstimator):
     NaN entries of ``X`` are missing values in ``fit`` and every prediction, as in
     :class:`~jaxem.GaussianMixture`: each class's mixture is fitted by exact EM over the
     observed entries, and ``p(x | c)`` is the marginal density of the observed features.
-    A row with every value missing is refused. Without NaN, the computation is the
+    A row with every value missing is refused, and in ``fit`` a feature missing in every
+    row of a class. Without NaN, the computation is the
     complete-data one.
 
     >>> import numpy as np
@@ -92,6 +93,12 @@ class MixtureClassifier(persist.Saveable, ClassifierMixin, BaseEstimator):
             idx = np.flatnonzero(codes == c)
             xs[c, :len(idx)], ws[c, :len(idx)] = X[idx], w[idx]
             xs[c, len(idx):] = X[idx[0]]  # any real row: its weight is 0
+        never = np.argwhere(np.all(np.isnan(xs) | (ws[..., None] <= 0), axis=1))  # (c, j)
+        if len(never):
+            c, j = never[0]
+            raise ValueError(f"X feature {j} has every value missing (NaN) in class "
+                             f"{self.classes_[c].item()!r}: that class's mixture has nothing to fit "
+                             "it from; drop the feature.")
         family = self._family()
         result = to_numpy(fit(family, xs, n_components=self.n_components,
                               key=key_from(self.random_state), n_init=self.n_init, weights=ws,
