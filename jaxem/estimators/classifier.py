@@ -93,12 +93,13 @@ class MixtureClassifier(persist.Saveable, ClassifierMixin, BaseEstimator):
             idx = np.flatnonzero(codes == c)
             xs[c, :len(idx)], ws[c, :len(idx)] = X[idx], w[idx]
             xs[c, len(idx):] = X[idx[0]]  # any real row: its weight is 0
-        never = np.argwhere(np.all(np.isnan(xs) | (ws[..., None] <= 0), axis=1))  # (c, j)
-        if len(never):
-            c, j = never[0]
-            raise ValueError(f"X feature {j} has every value missing (NaN) in class "
-                             f"{self.classes_[c].item()!r}: that class's mixture has nothing to fit "
-                             "it from; drop the feature.")
+        if has_nan(X):  # the engine refuses this too, naming a data set, not the class
+            never = np.argwhere(np.all(np.isnan(xs) | (ws[..., None] <= 0), axis=1))  # (c, j)
+            if len(never):
+                c, j = never[0]
+                raise ValueError(f"X feature {j} has every value missing (NaN) in class "
+                                 f"{self.classes_[c].item()!r}: that class's mixture has "
+                                 "nothing to fit it from; drop the feature.")
         family = self._family()
         result = to_numpy(fit(family, xs, n_components=self.n_components,
                               key=key_from(self.random_state), n_init=self.n_init, weights=ws,
