@@ -10,8 +10,10 @@ centre, run any driver over the restarts, move back, pick the best with
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import operator
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -514,26 +516,37 @@ def _fit(family, rows_in, weights, keys, params0, tol, *, n_components, method, 
                              n_components=n_components, method=method, max_iter=max_iter,
                              chunk_size=chunk_size, mesh=mesh, shard=shard, labels=labels)
 
+    threads = cpu_threads(family, xc.shape[1], chunk_size, mesh)
+    pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
+
     def block(state, n_steps):
+        if pool is not None:
+            return _fit_threaded(family, state, xc, weights, tol, n_steps,
+                                 chunk_size=chunk_size, labels=labels, pool=pool,
+                                 count=threads)
         return _fit_block(family, state, xc, weights, tol, n_steps, chunk_size=chunk_size,
                           mesh=mesh, shard=shard, n_keep=n_keep, labels=labels)
 
-    if progress:
-        from jaxem import progress as bar
+    try:
+        if progress:
+            from jaxem import progress as bar
 
-        state = bar.run_blocks(block, state, max_iter=max_iter,
-                               n_instances=keys.shape[0] * (n_keep or keys.shape[1]),
-                               n_datasets=keys.shape[0])
-    else:
-        state = block(state, max_iter)[0]
-    if rescore:  # one more iteration of every instance; only its E-step's value is kept
-        # Every instance running again at its trace's last entry, neither converged nor
-        # failed: made on the host (a program for these few numbers took 50-80 ms to
-        # compile), as the state's own dtypes so that the block's program is reused.
-        off = np.zeros(state.n_iter.shape, bool)
-        again = state._replace(n_iter=np.full(off.shape, max_iter - 1, state.n_iter.dtype),
-                               converged=off, failed=off)
-        state = state._replace(log_likelihood=block(again, 1)[0].log_likelihood)
+            state = bar.run_blocks(block, state, max_iter=max_iter,
+                                   n_instances=keys.shape[0] * (n_keep or keys.shape[1]),
+                                   n_datasets=keys.shape[0])
+        else:
+            state = block(state, max_iter)[0]
+        if rescore:  # one more iteration of every instance; only its E-step's value is kept
+            # Every instance running again at its trace's last entry, neither converged nor
+            # failed: made on the host (a program for these few numbers took 50-80 ms to
+            # compile), as the state's own dtypes so that the block's program is reused.
+            off = np.zeros(state.n_iter.shape, bool)
+            again = state._replace(n_iter=np.full(off.shape, max_iter - 1, state.n_iter.dtype),
+                                   converged=off, failed=off)
+            state = state._replace(log_likelihood=block(again, 1)[0].log_likelihood)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return _fit_finish(family, state, shift, mesh=mesh, shard=shard, n_keep=n_keep), xc
 
 
@@ -585,13 +598,90 @@ def _fit_block(family, state, x, weights, tol, n_steps, *, chunk_size, mesh=None
         state = jax.shard_map(
             run_all, mesh=mesh, in_specs=(P(None, AXIS), P(), P(), P()),
             out_specs=P(None, AXIS), check_vma=False)(state, x, weights, labels)
+    return state, _summary(state, n_keep)
+
+
+def _summary(state, n_keep=None):
+    """``(iterations run, instances finished, best objective so far: mean over data
+    sets)`` of a ``(B, R)`` state, the first ``n_keep`` restarts of each data set."""
     kept = state if n_keep is None else jax.tree.map(lambda a: a[:, :n_keep], state)
     last = jnp.take_along_axis(kept.trace, jnp.maximum(kept.n_iter - 1, 0)[..., None],
                                axis=-1)[..., 0]
     score = jnp.where(kept.failed | (kept.n_iter == 0) | ~jnp.isfinite(last), -jnp.inf, last)
-    summary = (jnp.max(kept.n_iter), jnp.sum(~em.running(kept)),
-               jnp.mean(jnp.max(score, axis=1)))
-    return state, summary
+    return (jnp.max(kept.n_iter), jnp.sum(~em.running(kept)),
+            jnp.mean(jnp.max(score, axis=1)))
+
+
+def cpu_threads(family, n_rows: int, chunk_size: int | None, mesh=None) -> int:
+    """How many CPU threads :func:`fit` runs the E-step on (1: the whole EM loop in one
+    compiled program, :func:`_fit_block`).
+
+    XLA's CPU runtime runs a program's kernels one after another, each on every core
+    only when it is large (GEMMs, big elementwise passes): the many small kernels of a
+    ``threaded_rows`` family (exact EM with missing values, full and tied) use one.
+    Programs launched from separate threads do run at once, so for such a family on the
+    CPU each iteration runs one E-step program per thread over its share of the chunks
+    (every ``threads``-th one: chunks sorted by their gaps balance) and adds the sums
+    (:func:`_fit_threaded`). One thread per core (``JAXEM_THREADS`` overrides it), at
+    most one per two chunks; none with ``devices``.
+
+    N=10**5, D=16, K=8, full, 20% missing, 2-core EPYC: 0.085 s per iteration in one
+    program, 0.046 s on two threads; complete rows (GEMMs) 0.022 s, 0.025 s on two."""
+    if (mesh is not None or chunk_size is None or not capability(family, "threaded_rows")
+            or jax.default_backend() != "cpu"):
+        return 1
+    given = os.environ.get("JAXEM_THREADS", "").strip()
+    if given:
+        if not given.isdigit() or int(given) < 1:
+            raise ValueError(f"JAXEM_THREADS must be a positive integer, got {given!r}.")
+        cores = int(given)
+    else:
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count() or 1)
+    return max(1, min(cores, -(-n_rows // chunk_size) // 2))
+
+
+@functools.partial(jax.jit, static_argnames=("count", "chunk_size"))
+def _fit_share(family, params, x, weights, labels, index, *, count, chunk_size):
+    """The E-step's sums ``(stats, sum w log p, sum w)`` of every data set and restart
+    (``params (B, R, ...)``) over share ``index`` of ``count`` of the chunks."""
+    def per_dataset(params, x, w, labels):
+        given = {} if labels is None else {"labels": labels}
+        return vmap(lambda p: em.e_step(family, p, x, w, chunk_size,
+                                        share=(index, count), **given))(params)
+
+    return vmap(per_dataset)(params, x, weights, labels)
+
+
+@jax.jit
+def _fit_step(family, state, shares, tol):
+    """One iteration of every instance from its E-step's ``shares`` (added in order),
+    :func:`jaxem.em.step`; returns ``(state, summary, whether every instance finished)``."""
+    sums = jax.tree.map(lambda *a: functools.reduce(jnp.add, a), *shares)
+    state = vmap(vmap(lambda s, t: em.step(family, s, t, tol)))(state, sums)
+    return state, _summary(state), jnp.all(~em.running(state))
+
+
+def _fit_threaded(family, state, x, weights, tol, n_steps, *, chunk_size, labels, pool,
+                  count):
+    """:func:`_fit_block` as a host loop: per iteration, the E-step in ``pool``'s threads
+    (one share of the chunks each, :func:`_fit_share`), then :func:`_fit_step`. Running
+    instances all have run as many iterations, so stopping after ``n_steps`` of them, or
+    when none runs, is the while loop's rule; results equal it up to float rounding (the
+    sums are added in another order). ``count``: the shares, one per thread of ``pool``."""
+
+    def share(params, i):  # waits in its thread: a thread's own program runs meanwhile
+        return jax.block_until_ready(_fit_share(family, params, x, weights, labels,
+                                                np.int32(i), count=count,
+                                                chunk_size=chunk_size))
+
+    summary = None
+    for _ in range(int(n_steps)):
+        shares = list(pool.map(functools.partial(share, state.params), range(count)))
+        state, summary, done = _fit_step(family, state, shares, tol)
+        if bool(done):
+            break
+    return state, jax.jit(_summary)(state) if summary is None else summary
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "shard", "n_keep"))

@@ -72,7 +72,8 @@ def _rows(family, params, x, weights, labels=None):
 
 def e_step(family, params: PyTree, x: Array, weights: Array | None = None,
            chunk_size: int | None = None, axis_name: str | None = None,
-           labels: Array | None = None) -> tuple[PyTree, Array, Array]:
+           labels: Array | None = None, share: tuple[Array, int] | None = None
+           ) -> tuple[PyTree, Array, Array]:
     """The E-step as additive sums.
 
     Args:
@@ -85,6 +86,8 @@ def e_step(family, params: PyTree, x: Array, weights: Array | None = None,
       axis_name: inside ``shard_map`` over rows, the mesh axis to ``psum`` the sums over.
       labels: ``(n_samples,)`` int component labels, -1 where unknown (partial labels;
         mixture families only).
+      share: ``(i, count)``: the sums over chunks ``i, i + count, ...`` only (see
+        :func:`jaxem.rows.scan_rows`); the ``count`` shares add up to the whole.
 
     Returns:
       ``(stats, sum of weighted log-likelihoods, sum of weights)``, over all devices.
@@ -94,12 +97,14 @@ def e_step(family, params: PyTree, x: Array, weights: Array | None = None,
     if capability(family, "has_e_step"):
         if labels is not None:
             raise ValueError(f"partial labels are for mixtures, not {type(family).__name__}.")
+        if share is not None:
+            raise ValueError(f"{type(family).__name__} takes its E-step whole, not in shares.")
         return rows.psum(family.e_step(params, x, weights), axis_name)
     if labels is None:
         return rows.sum_rows(lambda xc, wc, _: _rows(family, params, xc, wc), x, weights,
-                             chunk_size, axis_name)
+                             chunk_size, axis_name, share)
     return rows.sum_rows(lambda xl, wc, _: _rows(family, params, xl[0], wc, xl[1]),
-                         (x, labels), weights, chunk_size, axis_name)
+                         (x, labels), weights, chunk_size, axis_name, share)
 
 
 def m_step(family, stats: PyTree, params: PyTree | None = None) -> PyTree:
@@ -200,6 +205,16 @@ def run(family, params: PyTree, x: Array, weights: Array | None = None, *,
                   chunk_size=chunk_size, axis_name=axis_name, labels=labels)
 
 
+def step(family, state: EMResult, sums: tuple[PyTree, Array, Array],
+         tol: float | Array) -> EMResult:
+    """One iteration from the E-step's ``sums = (stats, sum w log p, sum w)`` at
+    ``state.params``: the M-step and :func:`advance` (the body of :func:`resume`; also
+    what a host loop over blocks or shares of the rows runs after adding their sums)."""
+    stats, ll_sum, w_sum = sums
+    return advance(state, m_step(family, stats, state.params), ll_sum / w_sum, tol,
+                   objective(family, state.params, ll_sum, w_sum))
+
+
 def resume(family, state: EMResult, x: Array, weights: Array | None = None, *,
            n_steps: int | Array, tol: float | Array = 1e-3, chunk_size: int | None = None,
            axis_name: str | None = None, labels: Array | None = None) -> EMResult:
@@ -225,11 +240,8 @@ def resume(family, state: EMResult, x: Array, weights: Array | None = None, *,
         weights = jnp.ones(x.shape[0], dtype=x.dtype)
 
     def body(state: EMResult):
-        stats, ll_sum, w_sum = e_step(family, state.params, x, weights, chunk_size,
-                                      axis_name, labels)
-        new_params = m_step(family, stats, state.params)
-        return advance(state, new_params, ll_sum / w_sum, tol,
-                       objective(family, state.params, ll_sum, w_sum))
+        return step(family, state, e_step(family, state.params, x, weights, chunk_size,
+                                          axis_name, labels), tol)
 
     stop = state.n_iter + n_steps
     return jax.lax.while_loop(lambda s: running(s) & (s.n_iter < stop), body, state)

@@ -28,7 +28,7 @@ def row_offset(n_local: int, axis_name: str | None) -> Array:
 
 def scan_rows(fn: Callable, carry: PyTree, x: PyTree, weights: Array,
               chunk_size: int | None = None, axis_name: str | None = None,
-              skip_tail: bool = False) -> PyTree:
+              skip_tail: bool = False, share: tuple[Array, int] | None = None) -> PyTree:
     """Fold ``carry = fn(carry, x_chunk, w_chunk, rows)`` over chunks of this device's rows.
 
     ``x`` is an array or a pytree of arrays with the rows on their leading axis (e.g.
@@ -40,38 +40,43 @@ def scan_rows(fn: Callable, carry: PyTree, x: PyTree, weights: Array,
     chunks after the last row of positive weight are not visited at all (``fn`` must
     then leave ``carry`` unchanged on a chunk of weight 0, as a sum does): the padding
     :func:`jaxem.fit` adds to bucket the row count (up to 12.5%) costs no work.
+    ``share = (i, count)``: only chunks ``i, i + count, i + 2 count, ...`` (``i`` may be
+    traced), so ``count`` calls with ``i = 0 .. count - 1`` visit every chunk once
+    between them (:func:`jaxem.batch` runs them on as many CPU threads).
     """
     n = weights.shape[0]
     offset = row_offset(n, axis_name)
     if chunk_size is None or chunk_size >= n:
+        if share is not None:  # one chunk, visited by share 0 only
+            weights = jnp.where(share[0] == 0, weights, 0)
         return fn(carry, x, weights, offset + jnp.arange(n, dtype=jnp.int32))
     local = jnp.arange(chunk_size, dtype=jnp.int32)
+    n_full = n // chunk_size
 
-    def at(carry, start, seen):
+    def at(c, carry):  # chunk c; the one past the full ones is the last chunk_size rows
+        start = jnp.where(c < n_full, c * chunk_size, n - chunk_size)
+        seen = jnp.where(c < n_full, 0, n_full * chunk_size)
         xc = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk_size), x)
         wc = jax.lax.dynamic_slice_in_dim(weights, start, chunk_size)
         return fn(carry, xc, jnp.where(start + local < seen, 0, wc), offset + start + local)
 
-    n_full = n // chunk_size
-    if skip_tail:  # one past the last row of positive weight
+    n_chunks = -(-n // chunk_size)
+    if skip_tail:  # up to the one holding the last row of positive weight
         used = jnp.max(jnp.where(weights > 0, jnp.arange(1, n + 1, dtype=jnp.int32), 0))
-        n_run = jnp.minimum(n_full, (used + chunk_size - 1) // chunk_size)
-    else:
-        used, n_run = n, n_full
-    carry = jax.lax.fori_loop(0, n_run, lambda i, c: at(c, i * chunk_size, 0), carry)
-    if n % chunk_size == 0:
-        return carry
-    tail = lambda c: at(c, n - chunk_size, n_full * chunk_size)
-    if not skip_tail:
-        return tail(carry)
-    return jax.lax.cond(used > n_full * chunk_size, tail, lambda c: c, carry)
+        n_chunks = (used + chunk_size - 1) // chunk_size
+    first, step = (0, 1) if share is None else share
+    count = (n_chunks - first + step - 1) // step  # static when all three are
+    if not isinstance(count, int):
+        count = jnp.maximum(count, 0)
+    return jax.lax.fori_loop(0, count, lambda j, c: at(first + j * step, c), carry)
 
 
 def sum_rows(fn: Callable, x: PyTree, weights: Array, chunk_size: int | None = None,
-             axis_name: str | None = None) -> PyTree:
-    """``sum over chunks of fn(x_chunk, w_chunk, rows)``, summed over devices too."""
+             axis_name: str | None = None, share: tuple[Array, int] | None = None) -> PyTree:
+    """``sum over chunks of fn(x_chunk, w_chunk, rows)``, summed over devices too;
+    ``share``: only some of the chunks (see :func:`scan_rows`)."""
     n = weights.shape[0]
-    if chunk_size is None or chunk_size >= n:  # one chunk: fn traced once, not twice
+    if (chunk_size is None or chunk_size >= n) and share is None:  # one chunk, no carry
         return psum(fn(x, weights, row_offset(n, axis_name) + jnp.arange(n, dtype=jnp.int32)),
                     axis_name)
     zeros = jax.tree.map(
@@ -79,7 +84,8 @@ def sum_rows(fn: Callable, x: PyTree, weights: Array, chunk_size: int | None = N
         jax.eval_shape(fn, jax.tree.map(lambda a: a[:1], x), weights[:1],
                        jnp.zeros(1, jnp.int32)))
     add = lambda total, xc, wc, rows: jax.tree.map(jnp.add, total, fn(xc, wc, rows))
-    total = scan_rows(add, zeros, x, weights, chunk_size, axis_name, skip_tail=True)
+    total = scan_rows(add, zeros, x, weights, chunk_size, axis_name, skip_tail=True,
+                      share=share)
     return psum(total, axis_name)
 
 

@@ -136,6 +136,10 @@ class MaskedWrapper(Family):
     def fused_rows(self) -> bool:
         return capability(self.base, "fused_rows")
 
+    @property
+    def threaded_rows(self) -> bool:
+        return capability(self.base, "threaded_rows")
+
     def log_joint(self, p, x: jax.Array) -> jax.Array:
         return masked_log_joint(self.base, p.params, p.active, x)
 

@@ -286,11 +286,7 @@ def _accumulate(family, totals, params, x, w, shift, *, chunk_size):
 @jax.jit
 def _iterate(family, state, totals, tol):
     """The M-step after a pass and the driver's bookkeeping (frozen when finished)."""
-    stats, ll_sum, w_sum = totals
-    new = jax.vmap(functools.partial(em.m_step, family))(stats, state.params)
-    objective = jax.vmap(functools.partial(em.objective, family))(state.params, ll_sum, w_sum)
-    return jax.vmap(em.advance, (0, 0, 0, None, 0))(state, new, ll_sum / w_sum, tol,
-                                                    objective)
+    return jax.vmap(functools.partial(em.step, family), (0, 0, None))(state, totals, tol)
 
 
 def fit_stream(family, source, *, n_components: int, key: jax.Array, n_init: int = 1,

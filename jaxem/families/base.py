@@ -99,6 +99,9 @@ class Family:
       instead of ``log_joint`` and ``stats``. ``axis=0`` hands the log-joint
       components-first, ``(K, n)``, and gets ``resp`` back so; the family's ``posterior``
       must then take that ``axis``.
+    * ``threaded_rows``: the E-step is many small kernels that use one CPU core each
+      (exact EM with missing values: each row's own blocks); on the CPU the engine runs
+      shares of its chunks in threads, one per core (:func:`jaxem.batch.cpu_threads`).
 
     Optional methods: :meth:`log_prior`; ``sample(key, params, n)``,
     ``n_free_parameters(K, D)``, ``to_unconstrained``/``from_unconstrained`` (the
@@ -111,6 +114,7 @@ class Family:
     supports_missing: ClassVar[bool] = False
     gemm_rows: ClassVar[bool] = False
     fused_rows: ClassVar[bool] = False
+    threaded_rows: ClassVar[bool] = False
 
     def log_prior(self, params: PyTree) -> Array:
         """``log p(params)`` up to a constant: the objective EM increases is the

@@ -104,6 +104,13 @@ class Gaussian(Mixture):
         the GEMM forms the centred rows ``[x - c, (x - c)^2]``."""
         return self.missing or self.covariance_type != "full"
 
+    @property
+    def threaded_rows(self) -> bool:
+        """The E-step's kernels use one core each: with missing values, full and tied
+        covariances factorise small blocks per row (diag and spherical, like complete
+        rows, are GEMMs and large elementwise passes that use every core already)."""
+        return self.missing and self.covariance_type in ("full", "tied")
+
     def log_joint_and_stats(self, params: GaussianParams, x: jax.Array, weigh):
         """The ``fused_rows`` E-step over a block of rows (see
         :class:`jaxem.families.base.Family`)."""
