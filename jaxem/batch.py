@@ -670,14 +670,19 @@ def _fit_threaded(family, state, x, weights, tol, n_steps, *, chunk_size, labels
     when none runs, is the while loop's rule; results equal it up to float rounding (the
     sums are added in another order). ``count``: the shares, one per thread of ``pool``."""
 
+    # Compiled, and its arguments made arrays, in the caller's thread: JAX's
+    # configuration (x64 under ``jax.enable_x64``, say) is per thread.
+    data = jax.tree.map(jnp.asarray, (family, x, weights, labels))
+    program = _fit_share.lower(data[0], state.params, *data[1:], np.int32(0), count=count,
+                               chunk_size=chunk_size).compile()
+
     def share(params, i):  # waits in its thread: a thread's own program runs meanwhile
-        return jax.block_until_ready(_fit_share(family, params, x, weights, labels,
-                                                np.int32(i), count=count,
-                                                chunk_size=chunk_size))
+        return jax.block_until_ready(program(data[0], params, *data[1:], np.int32(i)))
 
     summary = None
     for _ in range(int(n_steps)):
-        shares = list(pool.map(functools.partial(share, state.params), range(count)))
+        params = jax.tree.map(jnp.asarray, state.params)
+        shares = list(pool.map(functools.partial(share, params), range(count)))
         state, summary, done = _fit_step(family, state, shares, tol)
         if bool(done):
             break
