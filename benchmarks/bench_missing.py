@@ -15,9 +15,10 @@ starting parameters (weights, means, precisions), a fixed number of EM iteration
   with the gaps: ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` and
   ``devices=jax.devices()``, the rows (sorted by their gaps) split over the devices. The
   complete fit's GEMMs already use every core on one device; the missing-value fit's
-  many small kernels do not (``bench_missing_cores.py``), and each device runs its share
-  on its own thread. The headline gives the ratio on one device and the ratio of each
-  fit at its fastest setting;
+  many small kernels do not (``bench_missing_cores.py``), which is why on one CPU device
+  jaxem runs its E-step on one thread per core (``jaxem.batch.cpu_threads``; not with
+  ``devices``). The headline gives the ratio on one device and the ratio of each fit at
+  its fastest setting;
 * **peers**: scikit-learn's ``GaussianMixture`` rejects NaN, so it runs after an imputer,
   ``SimpleImputer(strategy="mean")`` and ``IterativeImputer`` (its default BayesianRidge,
   ``max_iter=10``), from the same starting parameters, ``tol=0``. These are **different
